@@ -1,0 +1,38 @@
+# Quick start: `make demo` then `make test`. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test lint bench parity-fixtures clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@# A CPU build of torch first: a bare `torch` requirement would pull GBs of CUDA wheels.
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py --out demo_output
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks scripts
+	$(PY) -m ruff format --check src tests benchmarks scripts
+
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[benchmark]"
+	$(PY) benchmarks/embed_throughput.py
+
+parity-fixtures:
+	bash scripts/official_env/setup.sh
+	.official-venv/bin/python scripts/make_parity_fixtures.py
+
+clean:
+	rm -rf demo_output .pytest_cache

@@ -1,0 +1,118 @@
+"""Typed architecture configuration of the scGPT network."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+InputEmbStyle = Literal["continuous", "category", "scaling"]
+CellEmbStyle = Literal["cls", "avg-pool", "w-pool"]
+
+
+@dataclass(frozen=True)
+class ArchitectureConfig:
+    """Shape and options of an scGPT network (official ``TransformerModel`` arguments).
+
+    Parameters
+    ----------
+    n_tokens
+        Vocabulary size (rows of the gene embedding).
+    pad_id
+        Id of ``<pad>`` (the embedding's ``padding_idx``).
+    d_model, n_heads, d_hid, n_layers
+        Width, heads, feed-forward width and depth of the transformer (official ``embsize``,
+        ``nheads``, ``d_hid``, ``nlayers``).
+    dropout
+        Dropout everywhere (value encoder, attention, feed-forward).
+    n_cls
+        Classes of the ``cls_decoder`` head; ``0`` builds no classifier.
+    n_layers_cls
+        Layers of the classifier and of the adversarial discriminator.
+    input_emb_style
+        ``"continuous"`` (official default), ``"category"`` or ``"scaling"``.
+    n_input_bins
+        Categories of the ``"category"`` value encoder.
+    cell_emb_style
+        ``"cls"`` (official default), ``"avg-pool"`` or ``"w-pool"`` (official semantics).
+    do_mvc, mvc_decoder_style
+        Build the GEPC (``mvc_decoder``) head and its style.
+    explicit_zero_prob
+        Heads also predict the probability that a value is non-zero.
+    do_dab, n_batch
+        Build the adversarial batch discriminator (DAR) over ``n_batch`` batches.
+    use_batch_labels
+        Concatenate a batch embedding to the decoder inputs (``batch_encoder``).
+    domain_spec_batchnorm
+        Domain-specific batch norm of the input embeddings (``dsbn``), one domain per batch.
+    legacy_batchnorm
+        The ``bn`` BatchNorm of checkpoints made before September 2023.
+    use_generative_flag
+        Keep the ``flag_encoder`` embedding of generative pretraining.
+    ecs_threshold
+        Similarity threshold of the elastic cell similarity loss.
+    pre_norm
+        Pre-norm transformer layers (official checkpoints are post-norm).
+    use_flash
+        Use flash-attn on CUDA half precision when installed.
+    """
+
+    n_tokens: int
+    pad_id: int
+    d_model: int = 512
+    n_heads: int = 8
+    d_hid: int = 512
+    n_layers: int = 12
+    dropout: float = 0.2
+    n_cls: int = 0
+    n_layers_cls: int = 3
+    input_emb_style: InputEmbStyle = "continuous"
+    n_input_bins: int | None = None
+    cell_emb_style: CellEmbStyle = "cls"
+    do_mvc: bool = True
+    mvc_decoder_style: str = "inner product"
+    explicit_zero_prob: bool = False
+    do_dab: bool = False
+    n_batch: int = 0
+    use_batch_labels: bool = False
+    domain_spec_batchnorm: bool = False
+    legacy_batchnorm: bool = False
+    use_generative_flag: bool = False
+    ecs_threshold: float = 0.3
+    pre_norm: bool = False
+    use_flash: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("n_tokens", "d_model", "n_heads", "d_hid", "n_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})."
+            )
+        if not 0 <= self.pad_id < self.n_tokens:
+            raise ValueError(f"pad_id {self.pad_id} outside the vocabulary ({self.n_tokens}).")
+        if self.input_emb_style not in ("continuous", "category", "scaling"):
+            raise ValueError(f"Unknown input_emb_style {self.input_emb_style!r}.")
+        if self.input_emb_style == "category" and not self.n_input_bins:
+            raise ValueError("input_emb_style='category' needs n_input_bins.")
+        if self.cell_emb_style not in ("cls", "avg-pool", "w-pool"):
+            raise ValueError(f"Unknown cell_emb_style {self.cell_emb_style!r}.")
+        needs_batches = self.do_dab or self.use_batch_labels or self.domain_spec_batchnorm
+        if needs_batches and self.n_batch < 1:
+            raise ValueError(
+                "DAR, batch labels and DSBN need the number of batches (n_batch >= 1); "
+                "register a batch_key in setup_anndata."
+            )
+
+    def to_dict(self) -> dict:
+        """Plain-dict form (JSON-serialisable)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ArchitectureConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"Unknown architecture options: {sorted(unknown)}.")
+        return cls(**values)

@@ -1,0 +1,226 @@
+"""The scGPT network as an scvi-tools module, with the official parameter names."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from torch import nn
+
+from scvi_scgpt._constants import MASK_VALUE, TOKEN_KEYS
+from scvi_scgpt.module._config import ArchitectureConfig
+from scvi_scgpt.nn import (
+    AdversarialDiscriminator,
+    BatchLabelEncoder,
+    CategoryValueEncoder,
+    ClsDecoder,
+    ContinuousValueEncoder,
+    DomainSpecificBatchNorm1d,
+    ExprDecoder,
+    GeneEncoder,
+    MVCDecoder,
+    TransformerEncoder,
+)
+
+BATCH_KEY = "batch"
+
+
+class SCGPTModule(BaseModuleClass):
+    """scGPT transformer: gene + value embeddings, post-norm encoder, CLS cell embedding, heads.
+
+    Submodule names equal those of the official ``TransformerModel`` (``encoder``,
+    ``value_encoder``, ``transformer_encoder.layers.{i}.self_attn.in_proj_weight``, ``decoder``,
+    ``mvc_decoder``, ``cls_decoder``, ``grad_reverse_discriminator``, ``batch_encoder``,
+    ``dsbn``, ``bn``, ``flag_encoder``), so ``state_dict()`` is an official state dict.
+
+    Parameters
+    ----------
+    config
+        The :class:`ArchitectureConfig`.
+    """
+
+    def __init__(self, config: ArchitectureConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.pad_id = c.pad_id
+        self.encoder = GeneEncoder(c.n_tokens, c.d_model, padding_idx=c.pad_id)
+        if c.input_emb_style == "continuous":
+            self.value_encoder = ContinuousValueEncoder(c.d_model, c.dropout)
+        elif c.input_emb_style == "category":
+            self.value_encoder = CategoryValueEncoder(c.n_input_bins, c.d_model)
+        else:
+            self.value_encoder = nn.Identity()
+        if c.use_generative_flag:
+            self.flag_encoder = nn.Embedding(2, c.d_model)
+        if c.use_batch_labels:
+            self.batch_encoder = BatchLabelEncoder(c.n_batch, c.d_model)
+        if c.domain_spec_batchnorm:
+            self.dsbn = DomainSpecificBatchNorm1d(c.d_model, c.n_batch, eps=6.1e-5)
+        elif c.legacy_batchnorm:
+            self.bn = nn.BatchNorm1d(c.d_model, eps=6.1e-5)
+        self.transformer_encoder = TransformerEncoder(
+            c.n_layers,
+            d_model=c.d_model,
+            n_heads=c.n_heads,
+            d_hid=c.d_hid,
+            dropout=c.dropout,
+            norm_first=c.pre_norm,
+            use_flash=c.use_flash,
+        )
+        d_dec = 2 * c.d_model if c.use_batch_labels else c.d_model
+        self.decoder = ExprDecoder(c.d_model, c.explicit_zero_prob, d_in=d_dec)
+        if c.n_cls > 0:
+            self.cls_decoder = ClsDecoder(c.d_model, c.n_cls, n_layers=c.n_layers_cls)
+        if c.do_mvc:
+            self.mvc_decoder = MVCDecoder(
+                c.d_model, c.mvc_decoder_style, c.explicit_zero_prob, d_cell=d_dec
+            )
+        if c.do_dab:
+            self.grad_reverse_discriminator = AdversarialDiscriminator(
+                c.d_model, c.n_batch, n_layers=c.n_layers_cls
+            )
+        self._init_gene_embedding()
+
+    def _init_gene_embedding(self) -> None:
+        # official init: only the gene embedding is customised, uniform in +-0.1
+        nn.init.uniform_(self.encoder.embedding.weight, -0.1, 0.1)
+
+    # ----------------------------------------------------------------- building blocks
+    def embed_inputs(
+        self,
+        gene_ids: torch.Tensor,
+        values: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        batch_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input embeddings ``(B, L, d)`` and the LayerNorm-ed gene embeddings ``(B, L, d)``."""
+        gene_embs = self.encoder(gene_ids)
+        if self.config.input_emb_style == "scaling":
+            total = gene_embs * values.unsqueeze(-1)
+        else:
+            total = gene_embs + self.value_encoder(values)
+        if hasattr(self, "dsbn"):
+            token_mask = None if padding_mask is None else ~padding_mask
+            total = self.dsbn(total, self._batch(batch_index, total), token_mask)
+        elif hasattr(self, "bn"):
+            total = self.bn(total.permute(0, 2, 1)).permute(0, 2, 1)
+        return total, gene_embs
+
+    @staticmethod
+    def _batch(batch_index: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        if batch_index is None:
+            raise ValueError("This model uses batch labels: register a batch_key.")
+        return batch_index.reshape(-1).long().to(like.device)
+
+    def cell_embedding(
+        self, encoded: torch.Tensor, values: torch.Tensor, padding_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Cell embedding ``(B, d)`` from the transformer output (official styles)."""
+        style = self.config.cell_emb_style
+        if style == "cls":
+            return encoded[:, 0]
+        if style == "avg-pool":
+            return encoded.mean(1)
+        weighted = torch.bmm(encoded.transpose(1, 2), values.unsqueeze(-1)).squeeze(-1)
+        return F.normalize(weighted, p=2, dim=1)
+
+    # ----------------------------------------------------------------- scvi-tools API
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
+        return {
+            "gene_ids": tensors[TOKEN_KEYS.GENE_IDS],
+            "values": tensors[TOKEN_KEYS.VALUES],
+            "padding_mask": tensors[TOKEN_KEYS.PADDING_MASK],
+            "batch_index": tensors.get(BATCH_KEY),
+        }
+
+    @auto_move_data
+    def inference(
+        self,
+        gene_ids: torch.Tensor,
+        values: torch.Tensor,
+        padding_mask: torch.Tensor,
+        batch_index: torch.Tensor | None = None,
+        cls_only: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Encode token sequences.
+
+        Returns ``encoded`` (``(B, L, d)``; ``(B, 1, d)`` with ``cls_only``), ``cell_emb``
+        (``(B, d)``, not normalised) and ``gene_embs`` (``(B, L, d)``).
+        """
+        total, gene_embs = self.embed_inputs(gene_ids, values, padding_mask, batch_index)
+        cls_only = cls_only and self.config.cell_emb_style == "cls"
+        encoded = self.transformer_encoder(total, padding_mask, cls_only=cls_only)
+        return {
+            "encoded": encoded,
+            "cell_emb": self.cell_embedding(encoded, values, padding_mask),
+            "gene_embs": gene_embs,
+        }
+
+    def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
+        return {
+            "encoded": inference_outputs["encoded"],
+            "cell_emb": inference_outputs["cell_emb"],
+            "gene_embs": inference_outputs["gene_embs"],
+            "batch_index": tensors.get(BATCH_KEY),
+        }
+
+    @auto_move_data
+    def generative(
+        self,
+        encoded: torch.Tensor,
+        cell_emb: torch.Tensor,
+        gene_embs: torch.Tensor,
+        batch_index: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Apply the output heads.
+
+        Returns ``expr`` (GEP) and, when built, ``expr_zero_probs``, ``mvc`` (GEPC),
+        ``mvc_zero_probs``, ``cls_logits`` and ``dab_logits``.
+        """
+        out: dict[str, torch.Tensor] = {}
+        tokens, cell = encoded, cell_emb
+        if self.config.use_batch_labels:
+            batch_emb = self.batch_encoder(self._batch(batch_index, encoded))
+            tokens = torch.cat([encoded, batch_emb.unsqueeze(1).expand_as(encoded)], dim=2)
+            cell = torch.cat([cell_emb, batch_emb], dim=1)
+        expr = self.decoder(tokens)
+        out["expr"] = expr["pred"]
+        if "zero_probs" in expr:
+            out["expr_zero_probs"] = expr["zero_probs"]
+        if hasattr(self, "mvc_decoder"):
+            mvc = self.mvc_decoder(cell, gene_embs)
+            out["mvc"] = mvc["pred"]
+            if "zero_probs" in mvc:
+                out["mvc_zero_probs"] = mvc["zero_probs"]
+        if hasattr(self, "cls_decoder"):
+            out["cls_logits"] = self.cls_decoder(cell_emb)
+        if hasattr(self, "grad_reverse_discriminator"):
+            out["dab_logits"] = self.grad_reverse_discriminator(cell_emb)
+        return out
+
+    def loss(self, tensors, inference_outputs, generative_outputs, **kwargs) -> LossOutput:
+        """Masked gene-expression prediction (GEP) and, when built, GEPC.
+
+        Masked positions are those whose input value equals the mask value (-1); the targets
+        are ``tensors["target_values"]``. Mean squared error over masked positions.
+        """
+        values = tensors[TOKEN_KEYS.VALUES]
+        target = tensors[TOKEN_KEYS.TARGET_VALUES]
+        masked = (values == MASK_VALUE).float()
+        n_masked = masked.sum().clamp(min=1.0)
+        losses = {"gep": ((generative_outputs["expr"] - target) ** 2 * masked).sum() / n_masked}
+        if "mvc" in generative_outputs:
+            mvc_err = (generative_outputs["mvc"] - target) ** 2 * masked
+            losses["gepc"] = mvc_err.sum() / n_masked
+        total = sum(losses.values())
+        return LossOutput(
+            loss=total,
+            n_obs_minibatch=values.shape[0],
+            extra_metrics={k: v.detach() for k, v in losses.items()},
+        )
+
+    @torch.inference_mode()
+    def sample(self, *args, **kwargs):
+        """Not defined for scGPT (a deterministic encoder)."""
+        raise NotImplementedError("SCGPTModule has no generative sampling.")

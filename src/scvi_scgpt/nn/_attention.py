@@ -1,0 +1,147 @@
+"""Multi-head self-attention with the parameter layout of ``torch.nn.MultiheadAttention``.
+
+The fused ``in_proj_weight`` (rows ``q | k | v``, heads contiguous) equals the layout of the
+official flash-attn ``Wqkv`` weights, so official checkpoints load by renaming keys only.
+Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention`; on CUDA with
+half precision and flash-attn installed, the variable-length flash kernel is used instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_FLASH_AVAILABLE = importlib.util.find_spec("flash_attn") is not None
+
+
+def flash_attn_available() -> bool:
+    """Whether the optional ``flash-attn`` package is importable."""
+    return _FLASH_AVAILABLE
+
+
+def _flash_varlen(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int, dropout: float):
+    from flash_attn import flash_attn_varlen_qkvpacked_func
+
+    return flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_len, dropout_p=dropout)
+
+
+def keys_attention_mask(key_padding_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Turn a ``(B, L)`` padding mask (``True`` = pad) into an SDPA key mask.
+
+    Returns ``(B, 1, 1, L)`` bool, ``True`` where attending is allowed, or ``None`` when
+    nothing is padded.
+    """
+    if key_padding_mask is None or not key_padding_mask.any():
+        return None
+    return (~key_padding_mask)[:, None, None, :]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over ``(B, L, d)`` inputs.
+
+    Parameters
+    ----------
+    d_model
+        Model width.
+    n_heads
+        Number of heads (``d_model`` must be divisible by it).
+    dropout
+        Attention-probability dropout (training only).
+    use_flash
+        Use flash-attn's varlen kernel when possible (CUDA, fp16/bf16, package installed).
+    """
+
+    def __init__(
+        self, d_model: int, n_heads: int, dropout: float = 0.0, use_flash: bool = True
+    ) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads}).")
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.dropout = dropout
+        self.use_flash = use_flash
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * d_model))
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise as ``torch.nn.MultiheadAttention`` does."""
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def project_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, L, d)`` -> ``(B, L, 3, H, Dh)`` fused projections."""
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        return qkv.unflatten(-1, (3, self.n_heads, self.head_dim))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        *,
+        attn_mask: torch.Tensor | None = None,
+        query_index: int | None = None,
+    ) -> torch.Tensor:
+        """Attend.
+
+        Parameters
+        ----------
+        x
+            ``(B, L, d)`` inputs.
+        key_padding_mask
+            ``(B, L)`` bool, ``True`` at padding (ignored as keys).
+        attn_mask
+            Precomputed ``(B, 1, 1, L)`` bool mask, ``True`` where attention is allowed (the
+            inverse of ``key_padding_mask``); saves rebuilding it in every layer.
+        query_index
+            When given, compute the output of this position only (``(B, 1, d)``); the last
+            layer of a CLS-embedding pass needs nothing else.
+        """
+        dropout = self.dropout if self.training else 0.0
+        qkv = self.project_qkv(x)
+        if (
+            query_index is None
+            and self.use_flash
+            and _FLASH_AVAILABLE
+            and qkv.is_cuda
+            and qkv.dtype in (torch.float16, torch.bfloat16)
+        ):
+            return self.out_proj(self._flash_forward(qkv, key_padding_mask, dropout))
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
+        if query_index is not None:
+            q = q[:, :, query_index : query_index + 1]
+        if attn_mask is None and key_padding_mask is not None:
+            attn_mask = keys_attention_mask(key_padding_mask)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+    def _flash_forward(self, qkv, key_padding_mask, dropout):
+        batch, length = qkv.shape[:2]
+        if key_padding_mask is None:
+            key_padding_mask = torch.zeros(batch, length, dtype=torch.bool, device=qkv.device)
+        keep = ~key_padding_mask
+        lengths = keep.sum(1, dtype=torch.int32)
+        cu_seqlens = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+        packed = qkv[keep]  # (total, 3, H, Dh)
+        out = _flash_varlen(packed, cu_seqlens, int(lengths.max()), dropout)
+        full = out.new_zeros(batch, length, self.n_heads, self.head_dim)
+        full[keep] = out
+        return full.flatten(2)
+
+    def attention_scores(
+        self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Softmax attention weights ``(B, H, L, L)`` (for analysis; memory-heavy)."""
+        q, k, _ = self.project_qkv(x).permute(2, 0, 3, 1, 4).unbind(0)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
+        if key_padding_mask is not None:
+            scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        return scores.softmax(-1)

@@ -1,0 +1,92 @@
+"""Transformer encoder layers (post-norm, ReLU, no positional encoding)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from scvi_scgpt.nn._attention import SelfAttention, keys_attention_mask
+
+
+class TransformerEncoderLayer(nn.Module):
+    """One encoder layer with the parameter names of ``torch.nn.TransformerEncoderLayer``.
+
+    Post-norm (official scGPT): ``x = norm1(x + attn(x)); x = norm2(x + ffn(x))``; pre-norm
+    when ``norm_first``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_hid: int,
+        dropout: float = 0.1,
+        *,
+        norm_first: bool = False,
+        layer_norm_eps: float = 1e-5,
+        use_flash: bool = True,
+    ) -> None:
+        super().__init__()
+        self.self_attn = SelfAttention(d_model, n_heads, dropout=dropout, use_flash=use_flash)
+        self.linear1 = nn.Linear(d_model, d_hid)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(d_hid, d_model)
+        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.activation = nn.ReLU()
+        self.norm_first = norm_first
+
+    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        *,
+        attn_mask: torch.Tensor | None = None,
+        query_index: int | None = None,
+    ) -> torch.Tensor:
+        """``(B, L, d)`` -> ``(B, L, d)``, or ``(B, 1, d)`` for ``query_index``."""
+        residual = x if query_index is None else x[:, query_index : query_index + 1]
+        kwargs = {"attn_mask": attn_mask, "query_index": query_index}
+        if self.norm_first:
+            h = self.self_attn(self.norm1(x), key_padding_mask, **kwargs)
+            x = residual + self.dropout1(h)
+            return x + self._ffn(self.norm2(x))
+        h = self.self_attn(x, key_padding_mask, **kwargs)
+        x = self.norm1(residual + self.dropout1(h))
+        return self.norm2(x + self._ffn(x))
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of :class:`TransformerEncoderLayer` (official ``transformer_encoder``)."""
+
+    def __init__(self, n_layers: int, **layer_kwargs) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TransformerEncoderLayer(**layer_kwargs) for _ in range(n_layers)
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        *,
+        cls_only: bool = False,
+    ) -> torch.Tensor:
+        """Run all layers.
+
+        With ``cls_only`` the last layer computes position 0 only and ``(B, 1, d)`` is returned,
+        which gives the same CLS output with less work.
+        """
+        last = len(self.layers) - 1
+        attn_mask = keys_attention_mask(key_padding_mask)
+        if attn_mask is None:
+            key_padding_mask = None
+        for i, layer in enumerate(self.layers):
+            query = 0 if cls_only and i == last else None
+            x = layer(x, key_padding_mask, attn_mask=attn_mask, query_index=query)
+        return x

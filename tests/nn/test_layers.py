@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import scvi_scgpt.nn._attention as attention
+from scvi_scgpt.nn import (
+    AdversarialDiscriminator,
+    DomainSpecificBatchNorm1d,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+    grad_reverse,
+)
+
+
+def _torch_layer(ours: TransformerEncoderLayer, d, h, d_hid) -> nn.TransformerEncoderLayer:
+    ref = nn.TransformerEncoderLayer(d, h, d_hid, dropout=0.0, batch_first=True)
+    missing, unexpected = ref.load_state_dict(ours.state_dict(), strict=True)
+    assert not missing and not unexpected
+    return ref.eval()
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_layer_matches_torch_transformer_layer(norm_first):
+    torch.manual_seed(0)
+    d, h, d_hid = 32, 4, 48
+    ours = TransformerEncoderLayer(d, h, d_hid, dropout=0.0, norm_first=norm_first).eval()
+    ref = nn.TransformerEncoderLayer(
+        d, h, d_hid, dropout=0.0, batch_first=True, norm_first=norm_first
+    )
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    ref.eval()
+    x = torch.randn(3, 10, d)
+    mask = torch.zeros(3, 10, dtype=torch.bool)
+    mask[1, 6:] = True
+    mask[2, 3:] = True
+    with torch.enable_grad():  # keep torch off its nested-tensor fast path
+        expected = ref(x, src_key_padding_mask=mask)
+    got = ours(x, mask)
+    keep = ~mask
+    torch.testing.assert_close(got[keep], expected[keep], atol=1e-5, rtol=1e-5)
+
+
+def test_cls_only_equals_full_pass():
+    torch.manual_seed(1)
+    enc = TransformerEncoder(3, d_model=16, n_heads=2, d_hid=32, dropout=0.0).eval()
+    x = torch.randn(4, 9, 16)
+    mask = torch.zeros(4, 9, dtype=torch.bool)
+    mask[0, 4:] = True
+    full = enc(x, mask)[:, 0]
+    cls = enc(x, mask, cls_only=True)[:, 0]
+    torch.testing.assert_close(cls, full, atol=1e-6, rtol=1e-6)
+
+
+def test_padding_does_not_change_real_tokens():
+    torch.manual_seed(2)
+    enc = TransformerEncoder(2, d_model=16, n_heads=4, d_hid=16, dropout=0.0).eval()
+    x = torch.randn(1, 5, 16)
+    padded = torch.cat([x, torch.randn(1, 7, 16)], dim=1)
+    mask = torch.zeros(1, 12, dtype=torch.bool)
+    mask[0, 5:] = True
+    torch.testing.assert_close(enc(padded, mask)[:, :5], enc(x), atol=1e-5, rtol=1e-5)
+
+
+def test_flash_varlen_path_unpads_and_repads(monkeypatch):
+    """The flash path (CUDA-only) is checked on CPU with a reference varlen kernel."""
+
+    def reference_varlen(qkv, cu_seqlens, max_len, dropout):
+        out = torch.empty_like(qkv[:, 0])
+        for s, e in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
+            q, k, v = qkv[s:e].permute(1, 2, 0, 3)  # (H, n, Dh)
+            out[s:e] = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(0, 1)
+        return out
+
+    torch.manual_seed(3)
+    attn = attention.SelfAttention(16, 4).eval()
+    x = torch.randn(3, 7, 16)
+    mask = torch.zeros(3, 7, dtype=torch.bool)
+    mask[0, 5:] = True
+    mask[2, 2:] = True
+    expected = attn(x, mask)
+    monkeypatch.setattr(attention, "_flash_varlen", reference_varlen)
+    got = attn.out_proj(attn._flash_forward(attn.project_qkv(x), mask, 0.0))
+    keep = ~mask
+    torch.testing.assert_close(got[keep], expected[keep], atol=1e-5, rtol=1e-5)
+
+
+def test_grad_reverse_and_discriminator():
+    x = torch.randn(4, 8, requires_grad=True)
+    grad_reverse(x, 2.0).sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, -2.0))
+    disc = AdversarialDiscriminator(8, 3)
+    assert disc(torch.randn(5, 8)).shape == (5, 3)
+
+
+def test_dsbn_per_cell_domains_match_single_domain_batches():
+    torch.manual_seed(4)
+    dsbn = DomainSpecificBatchNorm1d(6, 2, affine=False)
+    for bn in dsbn.bns:
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    dsbn.eval()
+    x = torch.randn(5, 4, 6)
+    domains = torch.tensor([0, 1, 1, 0, 1])
+    mixed = dsbn(x, domains)
+    for d in (0, 1):
+        rows = domains == d
+        alone = dsbn.bns[d](x[rows].permute(0, 2, 1)).permute(0, 2, 1)
+        torch.testing.assert_close(mixed[rows], alone)
+    with pytest.raises(ValueError, match="Domain labels"):
+        dsbn(x, torch.tensor([0, 1, 2, 0, 1]))
