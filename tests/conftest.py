@@ -59,3 +59,44 @@ def make_counts(
 @pytest.fixture
 def counts_adata() -> ad.AnnData:
     return make_counts()
+
+
+def make_structured_counts(
+    n_cells: int = 240,
+    n_genes: int = 80,
+    *,
+    n_types: int = 3,
+    n_batches: int = 2,
+    batch_shift: float = 4.0,
+    seed: int = 0,
+) -> ad.AnnData:
+    """Poisson counts with cell-type marker genes and a strong batch effect.
+
+    Each type over-expresses its own block of genes; each batch multiplies its own block of
+    genes by ``batch_shift`` and switches on a few genes of its own.
+    """
+    from scvi_scgpt.data import GeneVocab
+
+    rng = np.random.default_rng(seed)
+    genes = GeneVocab.census().tokens[2000 : 2000 + n_genes]
+    types = rng.integers(0, n_types, n_cells)
+    batches = rng.integers(0, n_batches, n_cells)
+    rate = np.full((n_cells, n_genes), 0.6)
+    block = n_genes // (2 * n_types)
+    for t in range(n_types):
+        rate[types == t, t * block : (t + 1) * block] *= 8.0
+    half = n_genes // 2
+    for b in range(n_batches):
+        cols = slice(half + b * 6, half + (b + 1) * 6)
+        rate[batches == b, cols] = 6.0
+        rate[batches == b, half + 20 :] *= batch_shift ** (b % 2)
+    x = rng.poisson(rate).astype(np.float32)
+    x[:, 0] += 1  # no empty cell
+    obs = pd.DataFrame(
+        {
+            "batch": pd.Categorical([f"b{b}" for b in batches]),
+            "cell_type": pd.Categorical([f"type{t}" for t in types]),
+        },
+        index=[f"c{i}" for i in range(n_cells)],
+    )
+    return ad.AnnData(sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=genes))

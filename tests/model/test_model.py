@@ -138,8 +138,6 @@ def test_new_model_with_own_vocab(counts_adata):
     emb = model.get_latent_representation()
     assert emb.shape == (counts_adata.n_obs, 16) and np.isfinite(emb).all()
     assert "2 layers" in model._model_summary_string
-    with pytest.raises(NotImplementedError, match="train"):
-        model.train()
     with pytest.raises(NotImplementedError):
         model.get_latent_representation(return_dist=True)
 

@@ -20,7 +20,8 @@ _KEY_RENAMES: tuple[tuple[re.Pattern, str], ...] = (
     (re.compile(r"\.self_attn\.Wqkv\."), ".self_attn.in_proj_"),
     (re.compile(r"\.self_attn\._impl\.out_proj\."), ".self_attn.out_proj."),
 )
-#: Heads that may be absent from a checkpoint and are then freshly initialised when requested.
+#: Everything but the backbone (gene/value encoders, transformer): heads that may be absent
+#: from a checkpoint, or resized on request, and are then freshly initialised.
 HEAD_PREFIXES = (
     "cls_decoder.",
     "grad_reverse_discriminator.",
@@ -29,7 +30,7 @@ HEAD_PREFIXES = (
     "bn.",
     "flag_encoder.",
     "mvc_decoder.",
-    "decoder.zero_logit.",
+    "decoder.",
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import warnings
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
@@ -43,9 +45,11 @@ from scvi_scgpt.model._checkpoint import (
     to_torch_layout,
 )
 from scvi_scgpt.model._fields import GeneExpressionField
+from scvi_scgpt.model._mapping import ReferenceMappingMixin
 from scvi_scgpt.model._serialization import from_jsonable, to_jsonable
 from scvi_scgpt.module import ArchitectureConfig, SCGPTModule
 from scvi_scgpt.module._module import BATCH_KEY
+from scvi_scgpt.train import PRESETS, ObjectiveConfig, SCGPTTrainingPlan, TokenCollator
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +73,7 @@ def _resolve_vocab(vocab, adata: AnnData, gene_symbols_key: str | None) -> GeneV
     return GeneVocab(vocab)
 
 
-class SCGPT(BaseModelClass):
+class SCGPT(ReferenceMappingMixin, BaseModelClass):
     """scGPT single-cell foundation model (:cite:p:`Cui2024`) as an scvi-tools model.
 
     Create a new (randomly initialised) model with ``SCGPT(adata, ...)`` or load official
@@ -155,6 +159,7 @@ class SCGPT(BaseModelClass):
         )
         self.module = self._module_cls(self.architecture)
         self.checkpoint_audit_: CheckpointAudit | None = None
+        self.gene_subset_: list[str] | None = None
         self._model_summary_string = (
             f"SCGPT: {n_layers} layers, d_model={d_model}, {n_heads} heads, "
             f"vocabulary of {len(self.vocab_):,} tokens, max_seq_len={max_seq_len}"
@@ -234,10 +239,13 @@ class SCGPT(BaseModelClass):
         # An AnnData set up by the user with SCGPT.setup_anndata keeps its own setup (its own
         # genes and gene_symbols_key); scvi-tools would otherwise re-apply the model's setup.
         if adata is not None and self.get_anndata_manager(adata) is None:
-            manager = self._get_most_recent_anndata_manager(adata)
-            if manager is not None:
+            manager = self._setup_adata_manager_store.get(adata.uns.get(_SCVI_UUID_KEY))
+            if manager is not None and manager.adata is adata:
                 self._check_batches_compatible(manager)
                 self._register_manager_for_instance(manager)
+            elif manager is not None:
+                # a copy of a set-up AnnData: give it its own id, then transfer the setup
+                _assign_adata_uuid(adata, overwrite=True)
         return super()._validate_anndata(adata, copy_if_view=copy_if_view)
 
     def _uses_batches(self) -> bool:
@@ -256,15 +264,349 @@ class SCGPT(BaseModelClass):
                 "Set it up with the same batch categories (in the same order)."
             )
 
-    def train(self, *args, **kwargs):
-        """Not available yet: fine-tuning and pretraining come in a later version.
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        task: Literal["integration", "annotation", "gep"] = "gep",
+        *,
+        max_epochs: int | None = None,
+        batch_size: int | None = None,
+        lr: float | None = None,
+        objectives: ObjectiveConfig | dict | None = None,
+        n_top_genes: int | None | Literal["preset"] = "preset",
+        freeze: str | Sequence[str] | None = None,
+        optimizer: Literal["Adam", "AdamW"] = "Adam",
+        weight_decay: float | None = None,
+        lr_schedule: Literal["step", "cosine", "constant"] = "step",
+        lr_gamma: float | None = None,
+        warmup_steps: int = 0,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        train_size: float = 0.9,
+        validation_size: float | None = None,
+        early_stopping: bool = False,
+        early_stopping_patience: int = 5,
+        gradient_clip_val: float = 1.0,
+        datasplitter_kwargs: dict | None = None,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ):
+        """Fine-tune (or train from scratch) with the scGPT objectives.
 
-        Planned objectives: GEP, GEPC, ECS, DAR, DSBN and cell-type classification.
+        Task presets hold the official tutorial settings; every value can be overridden:
+
+        - ``"integration"``: GEP + GEPC (with explicit zero probabilities) + ECS (threshold
+          0.8, weight 10) + DAR (weight 1) + DSBN, batch tokens for the decoders, 1,200 HVGs
+          (seurat_v3 on counts, per batch) tokenized with their zeros, mask ratio 0.4,
+          lr 1e-4, batch 64, 15 epochs. Needs ``batch_key`` in :meth:`setup_anndata`.
+        - ``"annotation"``: cell-type classification (cross-entropy) on the expressed genes
+          (up to 3,000), lr 1e-4, batch 32, 10 epochs. Needs ``labels_key``.
+        - ``"gep"``: masked expression prediction (GEP + GEPC) on the expressed genes.
+
+        Heads the task needs and the model lacks (a pretrained checkpoint has no classifier,
+        say) are added, freshly initialised; all other weights are kept. DSBN normalises each
+        cell with its own batch's statistics, so minibatches may mix batches.
+
+        Parameters
+        ----------
+        task
+            Preset name.
+        max_epochs, batch_size, lr
+            Override the preset's values.
+        objectives
+            :class:`~scvi_scgpt.train.ObjectiveConfig` or a dict of changes to the preset's.
+        n_top_genes
+            Highly variable genes to train (and embed) on; ``None`` for all vocabulary genes.
+            Default: the preset's (1,200 for integration).
+        freeze
+            Parameters to freeze: ``"embeddings"`` (gene and value encoders, as the official
+            ``freeze`` option), ``"transformer"`` (embeddings and transformer: heads only),
+            or a list of parameter-name prefixes.
+        optimizer, weight_decay, lr_schedule, lr_gamma, warmup_steps
+            Optimisation (official: Adam, no decay, StepLR with gamma 0.9 per epoch).
+        accelerator, devices
+            Lightning devices; pass ``strategy="ddp"`` (or ``"ddp_find_unused_parameters_true"``)
+            in ``trainer_kwargs`` for multi-GPU training.
+        train_size, validation_size
+            Split of the cells (validation loss is logged as ``validation_loss``).
+        early_stopping, early_stopping_patience
+            Stop when ``validation_loss`` stops improving.
+        gradient_clip_val
+            Gradient-norm clipping (official: 1.0).
+        datasplitter_kwargs, plan_kwargs
+            Extra arguments of :class:`~scvi.dataloaders.DataSplitter` and
+            :class:`~scvi_scgpt.train.SCGPTTrainingPlan`.
+        **trainer_kwargs
+            Passed to :class:`scvi.train.Trainer` / Lightning (``precision="bf16-mixed"``,
+            ``strategy``, ``num_nodes``, ``callbacks``, ...).
+
+        Returns
+        -------
+        Nothing. Sets ``model.history_`` (losses per epoch) and ``model.is_trained_``; the
+        AnnData is not modified.
         """
-        raise NotImplementedError(
-            "SCGPT.train() is not implemented in this version; load pretrained weights with "
-            "SCGPT.from_pretrained() to embed cells."
+        from scvi.dataloaders import DataSplitter
+        from scvi.model._utils import use_distributed_sampler
+        from scvi.train import TrainRunner
+
+        if task not in PRESETS:
+            raise ValueError(f"Unknown task {task!r}; choose one of {sorted(PRESETS)}.")
+        preset = PRESETS[task]
+        if isinstance(objectives, dict):
+            objectives = dataclasses.replace(preset.objectives, **objectives)
+        objectives = objectives or preset.objectives
+        self._configure_for(objectives, preset, n_top_genes)
+        if freeze is not None:
+            self._freeze(freeze)
+        collator = TokenCollator(
+            self._column_vocab_ids(self.adata),
+            self.tokenizer_config,
+            cls_id=self.vocab_.cls_id,
+            pad_id=self.vocab_.pad_id,
+            mask_ratio=objectives.mask_ratio,
         )
+        data_splitter = DataSplitter(
+            self.adata_manager,
+            train_size=train_size,
+            validation_size=validation_size,
+            batch_size=batch_size or preset.batch_size,
+            collate_fn=collator,
+            distributed_sampler=use_distributed_sampler(trainer_kwargs.get("strategy")),
+            **(datasplitter_kwargs or {}),
+        )
+        plan = SCGPTTrainingPlan(
+            self.module,
+            lr=lr or preset.lr,
+            optimizer=optimizer,
+            weight_decay=preset.weight_decay if weight_decay is None else weight_decay,
+            lr_schedule=lr_schedule,
+            lr_gamma=preset.lr_gamma if lr_gamma is None else lr_gamma,
+            warmup_steps=warmup_steps,
+            objectives=objectives,
+            **(plan_kwargs or {}),
+        )
+        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        if "ddp" in str(trainer_kwargs.get("strategy", "")):
+            # validation metrics made under inference_mode cannot be all-reduced in place
+            trainer_kwargs.setdefault("inference_mode", False)
+        if early_stopping:
+            trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
+            trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
+        runner = TrainRunner(
+            self,
+            training_plan=plan,
+            data_splitter=data_splitter,
+            max_epochs=max_epochs or preset.max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            early_stopping=early_stopping,
+            gradient_clip_val=gradient_clip_val,
+            **trainer_kwargs,
+        )
+        self.training_task_ = {"task": task, "objectives": objectives.to_dict()}
+        return runner()
+
+    def _configure_for(self, objectives, preset, n_top_genes) -> None:
+        """Add the heads and tokenizer settings the objectives need."""
+        arch = dict(preset.architecture)
+        if objectives.gepc:
+            arch["do_mvc"] = True
+        if objectives.explicit_zero_prob:
+            arch["explicit_zero_prob"] = True
+        if objectives.dar:
+            arch["do_dab"] = True
+        if objectives.cls:
+            n_labels = self.summary_stats.n_labels
+            if self.adata_manager.registry["setup_args"].get("labels_key") is None:
+                raise ValueError(
+                    "Cell-type classification needs labels: SCGPT.setup_anndata(adata, "
+                    "labels_key=...)."
+                )
+            if self.architecture.n_cls != n_labels:
+                arch["n_cls"] = n_labels
+        needs_batches = any(
+            arch.get(k) for k in ("do_dab", "use_batch_labels", "domain_spec_batchnorm")
+        )
+        if needs_batches:
+            n_batch = self.summary_stats.n_batch
+            if self.adata_manager.registry["setup_args"].get("batch_key") is None:
+                raise ValueError(
+                    "This task corrects batch effects and needs batches: "
+                    "SCGPT.setup_anndata(adata, batch_key=...)."
+                )
+            if self.architecture.n_batch not in (0, n_batch):
+                raise ValueError(
+                    f"The model has {self.architecture.n_batch} batches, the data {n_batch}."
+                )
+            arch["n_batch"] = n_batch
+        self._rebuild_module(**arch)
+        tokenizer = dict(preset.tokenizer)
+        n_top = preset.n_top_genes if n_top_genes == "preset" else n_top_genes
+        if n_top is not None:
+            self.gene_subset_ = self._select_hvgs(n_top)
+            tokenizer["max_seq_len"] = max(
+                len(self.gene_subset_) + 1, tokenizer.get("max_seq_len", 0)
+            )
+        self._set_tokenizer(**tokenizer)
+
+    def _rebuild_module(self, **changes) -> None:
+        """Replace the module by one with ``changes`` to the architecture, keeping weights."""
+        changes = {k: v for k, v in changes.items() if getattr(self.architecture, k) != v}
+        if not changes:
+            return
+        config = dataclasses.replace(self.architecture, **changes)
+        module = self._module_cls(config)
+        state = self.module.state_dict()
+        load_into_module(module, state, strict=True, resized_heads=True)
+        module.to(self.device)
+        self.module = module
+        self.architecture = config
+        kwargs = self.init_params_["kwargs"].setdefault("architecture", {})
+        kwargs.update(changes)
+        logger.info("Added or resized heads for training: %s", changes)
+
+    def _set_tokenizer(self, **changes) -> None:
+        if not changes:
+            return
+        self.tokenizer_config = dataclasses.replace(self.tokenizer_config, **changes)
+        self.init_params_["non_kwargs"].update(changes)
+
+    def _select_hvgs(self, n_top_genes: int) -> list[str]:
+        """Highly variable vocabulary genes (seurat_v3 on counts, per batch)."""
+        import scanpy as sc
+
+        names, _ = self._gene_names(self.adata)
+        matched = np.flatnonzero(self.gene_coverage(self.adata).vocab_ids >= 0)
+        if len(matched) <= n_top_genes:
+            return list(names[matched])
+        manager = self.adata_manager
+        matrix = manager.get_from_registry(REGISTRY_KEYS.X_KEY)[:, matched]
+        data = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
+        if not np.all(np.equal(np.mod(data, 1), 0)):
+            raise ValueError(
+                "Selecting highly variable genes (seurat_v3) needs raw counts, but the "
+                "registered expression is not integer. Register the counts layer "
+                "(setup_anndata(layer='counts')) or pass n_top_genes=None."
+            )
+        view = AnnData(matrix, obs=self.adata.obs[[]].copy())
+        batch_key = manager.registry["setup_args"].get("batch_key")
+        if batch_key is not None:
+            view.obs["batch"] = self.adata.obs[batch_key].to_numpy()
+        hvg = sc.pp.highly_variable_genes(
+            view,
+            flavor="seurat_v3",
+            n_top_genes=n_top_genes,
+            batch_key="batch" if batch_key else None,
+            inplace=False,
+        )
+        keep = matched[np.asarray(hvg["highly_variable"], dtype=bool)]
+        return list(names[np.sort(keep)])
+
+    _FREEZE_GROUPS = {
+        "embeddings": ("encoder.", "value_encoder."),
+        "transformer": ("encoder.", "value_encoder.", "transformer_encoder.", "flag_encoder."),
+    }
+
+    def _freeze(self, freeze: str | Sequence[str]) -> None:
+        prefixes = self._FREEZE_GROUPS.get(freeze) if isinstance(freeze, str) else tuple(freeze)
+        if prefixes is None:
+            raise ValueError(
+                f"freeze must be one of {sorted(self._FREEZE_GROUPS)} or a list of parameter "
+                f"prefixes, got {freeze!r}."
+            )
+        frozen = 0
+        for name, param in self.module.named_parameters():
+            if name.startswith(prefixes):
+                param.requires_grad_(False)
+                frozen += param.numel()
+        if frozen == 0:
+            raise ValueError(f"freeze={freeze!r} matches no parameter.")
+        logger.info("Froze %s parameters (%s).", f"{frozen:,}", freeze)
+
+    # ------------------------------------------------------------------ annotation
+    @torch.inference_mode()
+    def predict(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        *,
+        return_probabilities: bool = False,
+        batch_size: int | None = None,
+    ) -> pd.Series | pd.DataFrame:
+        """Predict cell types with the classifier trained by ``train(task="annotation")``.
+
+        Parameters
+        ----------
+        adata
+            AnnData set up with :meth:`setup_anndata` (its own labels, if any, are ignored).
+        indices
+            Cells to predict (default: all).
+        return_probabilities
+            Return class probabilities instead of labels.
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        A :class:`pandas.Series` of predicted labels (index: ``obs_names``), or a
+        :class:`pandas.DataFrame` ``(cells x classes)`` of probabilities. Only classes seen in
+        training can be predicted.
+        """
+        classes = self._trained_classes()
+        adata = self._validate_anndata(adata)
+        probs = self._forward_cells(
+            adata,
+            indices,
+            batch_size,
+            lambda out, t: torch.softmax(self.module.cls_decoder(out["cell_emb"]).float(), 1),
+            n_out=len(classes),
+        )
+        idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+        names = adata.obs_names[idx]
+        if return_probabilities:
+            return pd.DataFrame(probs, index=names, columns=classes)
+        return pd.Series(
+            pd.Categorical(classes[probs.argmax(1)], categories=classes),
+            index=names,
+            name="prediction",
+        )
+
+    def annotate(
+        self,
+        adata: AnnData | None = None,
+        *,
+        key_added: str = "scgpt_prediction",
+        probabilities: bool = False,
+        batch_size: int | None = None,
+    ) -> None:
+        """Write predicted cell types into ``adata``.
+
+        Returns
+        -------
+        Nothing; sets ``adata.obs[key_added]`` (categorical labels) and
+        ``adata.obs[key_added + "_confidence"]`` (probability of the predicted class), and,
+        with ``probabilities``, ``adata.obsm[key_added + "_probabilities"]`` (DataFrame,
+        cells x classes).
+        """
+        adata = self._validate_anndata(adata)
+        probs = self.predict(adata, return_probabilities=True, batch_size=batch_size)
+        labels = probs.columns.to_numpy()[probs.to_numpy().argmax(1)]
+        adata.obs[key_added] = pd.Categorical(labels, categories=probs.columns)
+        adata.obs[f"{key_added}_confidence"] = probs.to_numpy().max(1)
+        if probabilities:
+            adata.obsm[f"{key_added}_probabilities"] = probs
+
+    def _trained_classes(self) -> np.ndarray:
+        if not hasattr(self.module, "cls_decoder"):
+            raise ValueError("This model has no classifier: train(task='annotation') first.")
+        mapping = self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
+        classes = np.asarray(mapping.categorical_mapping)
+        if len(classes) != self.architecture.n_cls:
+            raise ValueError(
+                f"The classifier has {self.architecture.n_cls} classes but the registered "
+                f"labels have {len(classes)}: train(task='annotation') on labelled data first."
+            )
+        return classes
 
     # ------------------------------------------------------------------ genes
     def _gene_names(self, adata: AnnData) -> tuple[np.ndarray, str]:
@@ -286,6 +628,23 @@ class SCGPT(BaseModelClass):
         names, source = self._gene_names(adata)
         return match_genes(names, self.vocab_, source=source)
 
+    def _column_vocab_ids(self, adata: AnnData) -> np.ndarray:
+        """Vocabulary id per gene of ``adata``.
+
+        ``-1`` marks genes outside the vocabulary or, after training on a gene subset (HVGs),
+        outside that subset.
+        """
+        ids = self.gene_coverage(adata).vocab_ids.copy()
+        subset = getattr(self, "gene_subset_", None)
+        if subset is not None:
+            names, _ = self._gene_names(adata)
+            ids[~np.isin(names, np.asarray(subset, dtype=object))] = -1
+            if not (ids >= 0).any():
+                raise ValueError(
+                    "None of the model's training genes (gene_subset_) is in this AnnData."
+                )
+        return ids
+
     def _log_gene_coverage(self, adata: AnnData) -> GeneMatch:
         match = self.gene_coverage(adata)
         logger.info("SCGPT vocabulary: %s.", match.summary())
@@ -302,7 +661,7 @@ class SCGPT(BaseModelClass):
         """Yield ``(positions in indices, padded token arrays)``, length-sorted per chunk."""
         manager = self.get_anndata_manager(adata, required=True)
         matrix = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        column_ids = self.gene_coverage(adata).vocab_ids
+        column_ids = self._column_vocab_ids(adata)
         batches = None
         if self._uses_batches():
             batches = np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
@@ -387,16 +746,54 @@ class SCGPT(BaseModelClass):
         batch_size = batch_size or settings.batch_size
         if batch_size < 1 or chunk_size < 1:
             raise ValueError("batch_size and chunk_size must be positive.")
+
+        def cell_embedding(out, _tensors):
+            emb = out["cell_emb"].float()
+            return F.normalize(emb, p=2, dim=1) if normalize else emb
+
+        return self._forward_cells(
+            adata,
+            indices,
+            batch_size,
+            cell_embedding,
+            n_out=self.architecture.d_model,
+            precision=precision,
+            chunk_size=chunk_size,
+            progress_bar=progress_bar,
+        )
+
+    def _forward_cells(
+        self,
+        adata,
+        indices,
+        batch_size,
+        head,
+        *,
+        n_out,
+        precision="32",
+        chunk_size=4096,
+        progress_bar=None,
+        desc="Embedding cells",
+    ) -> np.ndarray:
+        """Run the encoder over cells in length-sorted batches and collect ``head(out, t)``."""
+        if indices is None:
+            indices = np.arange(adata.n_obs)
+        indices = np.asarray(indices)
+        if indices.dtype == bool:
+            indices = np.flatnonzero(indices)
+        batch_size = batch_size or settings.batch_size
+        if batch_size < 1 or chunk_size < 1:
+            raise ValueError("batch_size and chunk_size must be positive.")
         self.module.eval()
         device = self.device
-        out = np.empty((len(indices), self.architecture.d_model), dtype=np.float32)
+        out = np.empty((len(indices), n_out), dtype=np.float32)
         n_batches = sum(
             -(-min(chunk_size, len(indices) - s) // batch_size)
             for s in range(0, len(indices), chunk_size)
         )
         show = n_batches > 10 if progress_bar is None else progress_bar
         autocast = self._autocast(precision, device)
-        with tqdm(total=n_batches, desc="Embedding cells", disable=not show, unit="batch") as bar:
+        with tqdm(total=n_batches, desc=desc, disable=not show, unit="batch") as bar:
             for positions, tensors in self._token_batches(adata, indices, batch_size, chunk_size):
                 t = {k: torch.from_numpy(v).to(device) for k, v in tensors.items()}
                 with autocast:
@@ -407,10 +804,8 @@ class SCGPT(BaseModelClass):
                         t.get(BATCH_KEY),
                         cls_only=True,
                     )
-                emb = result["cell_emb"].float()
-                if normalize:
-                    emb = F.normalize(emb, p=2, dim=1)
-                out[positions] = emb.cpu().numpy()
+                    values = head(result, t)
+                out[positions] = values.float().cpu().numpy()
                 bar.update()
         return out
 

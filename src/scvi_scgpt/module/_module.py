@@ -9,6 +9,7 @@ from torch import nn
 
 from scvi_scgpt._constants import MASK_VALUE, TOKEN_KEYS
 from scvi_scgpt.module._config import ArchitectureConfig
+from scvi_scgpt.module._losses import elastic_cell_similarity, masked_bernoulli_nll, masked_mse
 from scvi_scgpt.nn import (
     AdversarialDiscriminator,
     BatchLabelEncoder,
@@ -199,26 +200,74 @@ class SCGPTModule(BaseModuleClass):
             out["dab_logits"] = self.grad_reverse_discriminator(cell_emb)
         return out
 
-    def loss(self, tensors, inference_outputs, generative_outputs, **kwargs) -> LossOutput:
-        """Masked gene-expression prediction (GEP) and, when built, GEPC.
+    def loss(
+        self, tensors, inference_outputs, generative_outputs, objectives=None, **kwargs
+    ) -> LossOutput:
+        """Sum of the switched-on scGPT objectives.
 
-        Masked positions are those whose input value equals the mask value (-1); the targets
-        are ``tensors["target_values"]``. Mean squared error over masked positions.
+        Parameters
+        ----------
+        tensors
+            Minibatch: ``values`` (masked positions hold the mask value -1),
+            ``target_values`` (unmasked values), ``batch`` and ``labels`` when needed.
+        inference_outputs, generative_outputs
+            Outputs of :meth:`inference` and :meth:`generative`.
+        objectives
+            :class:`~scvi_scgpt.train.ObjectiveConfig`; default: GEP (+ GEPC when built).
+
+        Returns
+        -------
+        :class:`~scvi.module.base.LossOutput` whose ``extra_metrics`` hold each weighted term
+        (``gep``, ``gep_zero``, ``gepc``, ``gepc_zero``, ``ecs``, ``dar``, ``cls``) and
+        ``cls_accuracy`` when classifying.
         """
+        if objectives is None:
+            from scvi_scgpt.train import ObjectiveConfig
+
+            objectives = ObjectiveConfig(gepc=hasattr(self, "mvc_decoder"))
+        obj = objectives
         values = tensors[TOKEN_KEYS.VALUES]
-        target = tensors[TOKEN_KEYS.TARGET_VALUES]
-        masked = (values == MASK_VALUE).float()
-        n_masked = masked.sum().clamp(min=1.0)
-        losses = {"gep": ((generative_outputs["expr"] - target) ** 2 * masked).sum() / n_masked}
-        if "mvc" in generative_outputs:
-            mvc_err = (generative_outputs["mvc"] - target) ** 2 * masked
-            losses["gepc"] = mvc_err.sum() / n_masked
-        total = sum(losses.values())
-        return LossOutput(
-            loss=total,
-            n_obs_minibatch=values.shape[0],
-            extra_metrics={k: v.detach() for k, v in losses.items()},
-        )
+        target = tensors.get(TOKEN_KEYS.TARGET_VALUES, values)
+        masked = values == MASK_VALUE
+        gen = generative_outputs
+        terms: dict[str, torch.Tensor] = {}
+        if obj.gep and masked.any():
+            terms["gep"] = obj.gep_weight * masked_mse(gen["expr"], target, masked)
+            if obj.explicit_zero_prob:
+                self._require(gen, "expr_zero_probs", "explicit_zero_prob")
+                terms["gep_zero"] = masked_bernoulli_nll(gen["expr_zero_probs"], target, masked)
+        if obj.gepc and masked.any():
+            self._require(gen, "mvc", "do_mvc")
+            terms["gepc"] = obj.gepc_weight * masked_mse(gen["mvc"], target, masked)
+            if obj.explicit_zero_prob:
+                self._require(gen, "mvc_zero_probs", "explicit_zero_prob")
+                terms["gepc_zero"] = masked_bernoulli_nll(gen["mvc_zero_probs"], target, masked)
+        if obj.ecs:
+            cell_emb = inference_outputs["cell_emb"]
+            terms["ecs"] = obj.ecs_weight * elastic_cell_similarity(cell_emb, obj.ecs_threshold)
+        metrics: dict[str, torch.Tensor] = {}
+        if obj.dar:
+            self._require(gen, "dab_logits", "do_dab")
+            batch = self._batch(tensors.get(BATCH_KEY), values)
+            terms["dar"] = obj.dar_weight * F.cross_entropy(gen["dab_logits"], batch)
+        if obj.cls:
+            self._require(gen, "cls_logits", "n_cls")
+            labels = tensors["labels"].reshape(-1).long().to(values.device)
+            terms["cls"] = obj.cls_weight * F.cross_entropy(gen["cls_logits"], labels)
+            metrics["cls_accuracy"] = (gen["cls_logits"].argmax(1) == labels).float().mean()
+        if not terms:
+            raise ValueError(
+                "No loss term applies to this minibatch: switch on an objective (and mask "
+                "values for GEP/GEPC)."
+            )
+        total = torch.stack(list(terms.values())).sum()
+        metrics.update({k: v.detach() for k, v in terms.items()})
+        return LossOutput(loss=total, n_obs_minibatch=values.shape[0], extra_metrics=metrics)
+
+    @staticmethod
+    def _require(outputs: dict, key: str, option: str) -> None:
+        if key not in outputs:
+            raise ValueError(f"This objective needs the model option {option!r} switched on.")
 
     @torch.inference_mode()
     def sample(self, *args, **kwargs):

@@ -1,0 +1,196 @@
+"""Reference mapping: query models with new batches, and kNN label transfer."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+from scvi import REGISTRY_KEYS
+
+from scvi_scgpt._constants import TOKEN_KEYS
+from scvi_scgpt.model._checkpoint import load_into_module
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+logger = logging.getLogger(__name__)
+
+#: Tensors whose first dimension is the number of batches (rows copied over on extension).
+_PER_BATCH_ROWS = (
+    "batch_encoder.embedding.weight",
+    "grad_reverse_discriminator.out_layer.weight",
+    "grad_reverse_discriminator.out_layer.bias",
+)
+
+
+class ReferenceMappingMixin:
+    """Map query data onto a trained reference (scArches-style) and transfer labels."""
+
+    @classmethod
+    def load_query_data(
+        cls,
+        adata: AnnData,
+        reference_model,
+        *,
+        adapt_batchnorm: bool = True,
+        batch_size: int = 64,
+    ):
+        """A copy of ``reference_model`` that also knows the new batches of ``adata``.
+
+        The query is set up like the reference (same layer, keys and label categories); its
+        batches unknown to the reference are appended as new categories. Per-batch
+        parameters grow by "architecture surgery": the batch-token embedding of a new batch
+        starts as the mean of the reference batches', the adversarial classifier gains
+        outputs, and a new DSBN domain gets its running statistics estimated from the query
+        cells of that batch (``adapt_batchnorm``). Everything else is copied unchanged, so
+        reference cells embed exactly as before.
+
+        Genes are matched by name through the vocabulary: reference genes the query did not
+        measure are simply absent from its token sequences (masked), never zeros.
+
+        Parameters
+        ----------
+        adata
+            Query AnnData (any genes, new batches allowed).
+        reference_model
+            Trained reference :class:`SCGPT`.
+        adapt_batchnorm
+            Estimate DSBN statistics of the new batches from the query.
+        batch_size
+            Cells per forward pass when estimating statistics.
+
+        Returns
+        -------
+        A new :class:`SCGPT` attached to ``adata`` (``adata`` is registered; its values are
+        not changed).
+        """
+        ref = reference_model
+        registry = ref.adata_manager.registry
+        cls.setup_anndata(
+            adata, source_registry=registry, extend_categories=True, **registry["setup_args"]
+        )
+        init = ref.init_params_
+        kwargs = {k: v for g in init["kwargs"].values() for k, v in g.items()}
+        non_kwargs = {k: v for k, v in init["non_kwargs"].items() if k != "vocab"}
+        uses_batches = ref._uses_batches()
+        if uses_batches:
+            kwargs["n_batch"] = len(_categories(adata, cls))
+        model = cls(adata, vocab=ref.vocab_, **non_kwargs, **kwargs)
+        model.gene_subset_ = ref.gene_subset_
+        state = {k: v.detach().clone() for k, v in ref.module.state_dict().items()}
+        own = model.module.state_dict()
+        for key in _PER_BATCH_ROWS:
+            if key in state and own[key].shape[0] > state[key].shape[0]:
+                grown = own[key].clone()
+                n_old = state[key].shape[0]
+                grown[:n_old] = state[key]
+                if key == "batch_encoder.embedding.weight":
+                    grown[n_old:] = state[key].mean(0, keepdim=True)
+                state[key] = grown
+        load_into_module(model.module, state, strict=True, resized_heads=True)
+        model.is_trained_ = ref.is_trained_
+        model.to_device(ref.device)
+        n_ref = ref.architecture.n_batch
+        if uses_batches and adapt_batchnorm and hasattr(model.module, "dsbn"):
+            new_domains = list(range(n_ref, model.architecture.n_batch))
+            model._estimate_domain_statistics(new_domains, batch_size)
+        model.module.eval()
+        return model
+
+    @torch.no_grad()
+    def _estimate_domain_statistics(self, domains: list[int], batch_size: int) -> None:
+        """Running mean/variance of new DSBN domains from this model's AnnData."""
+        if not domains:
+            return
+        codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
+        module = self.module
+        for d in domains:
+            cells = np.flatnonzero(codes == d)
+            if len(cells) == 0:
+                continue
+            bn = module.dsbn.bns[d]
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over all query cells
+            bn.train()
+            for _, tensors in self._token_batches(self.adata, cells, batch_size, 4096):
+                t = {k: torch.from_numpy(v).to(self.device) for k, v in tensors.items()}
+                genes = module.encoder(t[TOKEN_KEYS.GENE_IDS])
+                total = genes + module.value_encoder(t[TOKEN_KEYS.VALUES])
+                keep = ~t[TOKEN_KEYS.PADDING_MASK]
+                bn(total[keep])
+            bn.momentum = 0.1
+            bn.eval()
+            logger.info("Estimated DSBN statistics of new batch %d from %d cells.", d, len(cells))
+
+    def transfer_labels(
+        self,
+        query: AnnData,
+        *,
+        reference: AnnData | None = None,
+        labels_key: str,
+        n_neighbors: int = 10,
+        key_added: str = "scgpt_transferred",
+        batch_size: int | None = None,
+    ) -> None:
+        """Label query cells by majority vote of their nearest reference cells.
+
+        As in the official reference-mapping tutorial: both datasets are embedded (L2-
+        normalised ``<cls>`` embeddings), each query cell takes the most frequent label among
+        its ``n_neighbors`` nearest reference cells (Euclidean on normalised embeddings, i.e.
+        cosine), ties going to the nearer neighbours.
+
+        Parameters
+        ----------
+        query
+            AnnData to label (set up with :meth:`setup_anndata`, or transferable).
+        reference
+            Labelled reference AnnData (default: the model's AnnData).
+        labels_key
+            Column of ``reference.obs`` with the labels.
+        n_neighbors
+            Neighbours voting (official: 10).
+        key_added
+            Prefix of the written fields.
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        Nothing; sets ``query.obs[key_added]`` (categorical label) and
+        ``query.obs[key_added + "_confidence"]`` (fraction of neighbours agreeing).
+        """
+        from sklearn.neighbors import NearestNeighbors
+
+        reference = self.adata if reference is None else reference
+        if labels_key not in reference.obs:
+            raise KeyError(f"labels_key={labels_key!r} is not a column of reference.obs.")
+        labels = reference.obs[labels_key]
+        known = labels.notna().to_numpy()
+        if known.sum() < n_neighbors:
+            raise ValueError(
+                f"Only {known.sum()} reference cells have a label; need >= n_neighbors."
+            )
+        ref_emb = self.get_latent_representation(
+            reference, indices=np.flatnonzero(known), batch_size=batch_size
+        )
+        query_emb = self.get_latent_representation(query, batch_size=batch_size)
+        codes, classes = pd.factorize(labels[known].astype(str))
+        nn_index = NearestNeighbors(n_neighbors=n_neighbors).fit(ref_emb)
+        dist, idx = nn_index.kneighbors(query_emb)
+        votes = codes[idx]  # (n_query, k), nearest first
+        counts = np.zeros((len(votes), len(classes)), dtype=np.float64)
+        rows = np.repeat(np.arange(len(votes)), n_neighbors)
+        # weight 1 per vote plus a tiny rank bonus so ties go to the nearer neighbours
+        bonus = np.tile(np.linspace(1e-6, 0, n_neighbors), len(votes))
+        np.add.at(counts, (rows, votes.ravel()), 1.0 + bonus)
+        winner = counts.argmax(1)
+        query.obs[key_added] = pd.Categorical(np.asarray(classes)[winner], categories=classes)
+        query.obs[f"{key_added}_confidence"] = (votes == winner[:, None]).mean(1)
+
+
+def _categories(adata, cls) -> list:
+    manager = cls._get_most_recent_anndata_manager(adata, required=True)
+    return list(manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping)

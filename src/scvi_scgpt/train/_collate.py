@@ -1,0 +1,91 @@
+"""Minibatch collation for training: tokenization and value masking on CPU workers."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from scvi_scgpt._constants import MASK_VALUE, TOKEN_KEYS
+from scvi_scgpt.data import TokenizerConfig, tokenize_cells
+
+
+def mask_values(
+    values: np.ndarray, padding_mask: np.ndarray, mask_ratio: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Boolean ``(B, L)`` array of positions to mask: ``int(n * mask_ratio)`` per cell.
+
+    Candidates are a cell's gene tokens; ``<cls>`` (position 0) and padding never are. (The
+    official ``random_mask_value`` can also mask ``<cls>``; we do not.)
+    """
+    candidates = ~padding_mask
+    candidates[:, 0] = False
+    n_mask = np.floor(candidates.sum(1) * mask_ratio).astype(np.int64)
+    keys = rng.random(values.shape)
+    keys[~candidates] = np.inf
+    rank = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1, kind="stable")
+    return rank < n_mask[:, None]
+
+
+class TokenCollator:
+    """Turn an AnnDataLoader minibatch into token tensors.
+
+    The minibatch is ``{"X": ..., "batch": ..., "labels": ...}`` (one call per minibatch).
+
+    Each minibatch draws a fresh tokenization seed (gene sampling, tie spreading) and mask
+    from torch's global generator, so training is reproducible under
+    ``scvi.settings.seed`` while cells are re-sampled every epoch.
+
+    Parameters
+    ----------
+    column_vocab_ids
+        Vocabulary id of each column of ``X`` (``-1``: not used).
+    tokenizer
+        Tokenizer settings.
+    cls_id, pad_id
+        Special token ids.
+    mask_ratio
+        Fraction of gene tokens to mask (0: none).
+    """
+
+    def __init__(
+        self,
+        column_vocab_ids: np.ndarray,
+        tokenizer: TokenizerConfig,
+        *,
+        cls_id: int,
+        pad_id: int,
+        mask_ratio: float = 0.0,
+    ) -> None:
+        self.column_vocab_ids = np.asarray(column_vocab_ids, dtype=np.int64)
+        self.tokenizer = replace(tokenizer, allow_empty_cells=True)
+        self.cls_id = cls_id
+        self.pad_id = pad_id
+        self.mask_ratio = mask_ratio
+
+    def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Collate one minibatch."""
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        config = replace(self.tokenizer, seed=seed)
+        x = batch["X"]
+        if isinstance(x, torch.Tensor):
+            x = x.to_dense().numpy() if x.is_sparse or x.layout != torch.strided else x.numpy()
+        tokens = tokenize_cells(x, self.column_vocab_ids, config, cls_id=self.cls_id)
+        padded = tokens.pad(None, pad_id=self.pad_id, pad_value=config.pad_value)
+        target = padded[TOKEN_KEYS.VALUES]
+        values = target.copy()
+        if self.mask_ratio > 0:
+            rng = np.random.default_rng(seed)
+            masked = mask_values(values, padded[TOKEN_KEYS.PADDING_MASK], self.mask_ratio, rng)
+            values[masked] = MASK_VALUE
+        out = {
+            TOKEN_KEYS.GENE_IDS: torch.from_numpy(padded[TOKEN_KEYS.GENE_IDS]),
+            TOKEN_KEYS.VALUES: torch.from_numpy(values),
+            TOKEN_KEYS.TARGET_VALUES: torch.from_numpy(target),
+            TOKEN_KEYS.PADDING_MASK: torch.from_numpy(padded[TOKEN_KEYS.PADDING_MASK]),
+        }
+        for key in ("batch", "labels"):
+            if key in batch:
+                out[key] = torch.as_tensor(np.asarray(batch[key])).reshape(-1).long()
+        return out
