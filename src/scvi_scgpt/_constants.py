@@ -30,6 +30,9 @@ class _TokenKeys(NamedTuple):
     PADDING_MASK: str = "padding_mask"
     TARGET_VALUES: str = "target_values"
     CELL_INDEX: str = "cell_index"
+    GEN_GENE_IDS: str = "gen_gene_ids"
+    GEN_PADDING_MASK: str = "gen_padding_mask"
+    GEN_TARGETS: str = "gen_targets"
 
 
 #: Keys of the tensor dictionaries produced by tokenization and consumed by the module.

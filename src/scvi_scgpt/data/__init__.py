@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from scvi_scgpt.data._binning import bin_expression, quantile_edges
 from scvi_scgpt.data._genes import GeneMatch, ensembl_to_symbol, is_ensembl_id, match_genes
+from scvi_scgpt.data._stream import (
+    AnnDataFileStream,
+    StreamingAnnDataModule,
+    vocab_from_anndata_files,
+)
 from scvi_scgpt.data._tokenize import (
     TokenizedCells,
     TokenizerConfig,
@@ -13,6 +18,9 @@ from scvi_scgpt.data._tokenize import (
 from scvi_scgpt.data._vocab import GeneVocab
 
 __all__ = [
+    "AnnDataFileStream",
+    "StreamingAnnDataModule",
+    "vocab_from_anndata_files",
     "GeneMatch",
     "GeneVocab",
     "TokenizedCells",

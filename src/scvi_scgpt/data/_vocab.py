@@ -102,6 +102,17 @@ class GeneVocab:
         return cls.from_dict(mapping, add_specials=add_specials)
 
     @classmethod
+    def from_anndata_files(cls, files, *, gene_symbols_key: str | None = None) -> GeneVocab:
+        """Build a vocabulary of every gene in several on-disk AnnData files.
+
+        Files are ``.h5ad`` or ``.zarr``; genes keep their order of first appearance, the
+        specials follow, and no expression matrix is loaded.
+        """
+        from scvi_scgpt.data._stream import vocab_from_anndata_files
+
+        return vocab_from_anndata_files(files, gene_symbols_key=gene_symbols_key)
+
+    @classmethod
     def census(cls) -> GeneVocab:
         """The 60,697-token vocabulary of the official whole-human model (bundled).
 

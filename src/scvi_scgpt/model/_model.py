@@ -49,7 +49,14 @@ from scvi_scgpt.model._mapping import ReferenceMappingMixin
 from scvi_scgpt.model._serialization import from_jsonable, to_jsonable
 from scvi_scgpt.module import ArchitectureConfig, SCGPTModule
 from scvi_scgpt.module._module import BATCH_KEY
-from scvi_scgpt.train import PRESETS, ObjectiveConfig, SCGPTTrainingPlan, TokenCollator
+from scvi_scgpt.train import (
+    PRESETS,
+    AtomicCheckpoint,
+    GenerativeCollator,
+    ObjectiveConfig,
+    SCGPTTrainingPlan,
+    TokenCollator,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -267,7 +274,7 @@ class SCGPT(ReferenceMappingMixin, BaseModelClass):
     # ------------------------------------------------------------------ training
     def train(
         self,
-        task: Literal["integration", "annotation", "gep"] = "gep",
+        task: Literal["integration", "annotation", "gep", "pretrain"] = "gep",
         *,
         max_epochs: int | None = None,
         batch_size: int | None = None,
@@ -277,9 +284,9 @@ class SCGPT(ReferenceMappingMixin, BaseModelClass):
         freeze: str | Sequence[str] | None = None,
         optimizer: Literal["Adam", "AdamW"] = "Adam",
         weight_decay: float | None = None,
-        lr_schedule: Literal["step", "cosine", "constant"] = "step",
+        lr_schedule: Literal["step", "cosine", "constant"] | None = None,
         lr_gamma: float | None = None,
-        warmup_steps: int = 0,
+        warmup_steps: int | None = None,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         train_size: float = 0.9,
@@ -287,6 +294,9 @@ class SCGPT(ReferenceMappingMixin, BaseModelClass):
         early_stopping: bool = False,
         early_stopping_patience: int = 5,
         gradient_clip_val: float = 1.0,
+        datamodule=None,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every_n_steps: int | None = 1000,
         datasplitter_kwargs: dict | None = None,
         plan_kwargs: dict | None = None,
         **trainer_kwargs,
@@ -302,6 +312,10 @@ class SCGPT(ReferenceMappingMixin, BaseModelClass):
         - ``"annotation"``: cell-type classification (cross-entropy) on the expressed genes
           (up to 3,000), lr 1e-4, batch 32, 10 epochs. Needs ``labels_key``.
         - ``"gep"``: masked expression prediction (GEP + GEPC) on the expressed genes.
+        - ``"pretrain"``: generative pretraining with the scGPT attention mask (generated-gene
+          MSE + GEPC + cell-prompt step; ``flag_encoder`` added), expressed genes up to 1,200
+          tokens, cosine schedule with warm-up. Works from scratch or from an official
+          checkpoint (continued pretraining).
 
         Heads the task needs and the model lacks (a pretrained checkpoint has no classifier,
         say) are added, freshly initialised; all other weights are kept. DSBN normalises each
@@ -333,6 +347,13 @@ class SCGPT(ReferenceMappingMixin, BaseModelClass):
             Stop when ``validation_loss`` stops improving.
         gradient_clip_val
             Gradient-norm clipping (official: 1.0).
+        datamodule
+            A :class:`~scvi_scgpt.data.StreamingAnnDataModule` to train on cells streamed from
+            on-disk files instead of the model's AnnData (atlas-scale pretraining; under DDP
+            each rank reads its own shard).
+        checkpoint_dir, checkpoint_every_n_steps
+            Write a resumable Lightning checkpoint atomically to ``checkpoint_dir/last.ckpt``
+            every so many steps and at each epoch end; resume with ``ckpt_path=``.
         datasplitter_kwargs, plan_kwargs
             Extra arguments of :class:`~scvi.dataloaders.DataSplitter` and
             :class:`~scvi_scgpt.train.SCGPTTrainingPlan`.
@@ -358,30 +379,56 @@ class SCGPT(ReferenceMappingMixin, BaseModelClass):
         self._configure_for(objectives, preset, n_top_genes)
         if freeze is not None:
             self._freeze(freeze)
-        collator = TokenCollator(
-            self._column_vocab_ids(self.adata),
-            self.tokenizer_config,
-            cls_id=self.vocab_.cls_id,
-            pad_id=self.vocab_.pad_id,
-            mask_ratio=objectives.mask_ratio,
+        collator_kwargs = {"cls_id": self.vocab_.cls_id, "pad_id": self.vocab_.pad_id}
+        # a datamodule sends each file's own gene ids with its minibatches
+        column_ids = (
+            np.zeros(0, dtype=np.int64)
+            if datamodule is not None
+            else self._column_vocab_ids(self.adata)
         )
-        data_splitter = DataSplitter(
-            self.adata_manager,
-            train_size=train_size,
-            validation_size=validation_size,
-            batch_size=batch_size or preset.batch_size,
-            collate_fn=collator,
-            distributed_sampler=use_distributed_sampler(trainer_kwargs.get("strategy")),
-            **(datasplitter_kwargs or {}),
-        )
+        if objectives.generative:
+            collator = GenerativeCollator(
+                column_ids,
+                self.tokenizer_config,
+                gen_ratios=objectives.gen_ratios,
+                **collator_kwargs,
+            )
+        else:
+            collator = TokenCollator(
+                column_ids,
+                self.tokenizer_config,
+                mask_ratio=objectives.mask_ratio,
+                **collator_kwargs,
+            )
+        if checkpoint_dir is not None:
+            callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
+            callbacks.append(AtomicCheckpoint(checkpoint_dir, checkpoint_every_n_steps))
+            trainer_kwargs["callbacks"] = callbacks
+        if datamodule is not None:
+            if datamodule.vocab != self.vocab_:
+                raise ValueError("The datamodule's vocabulary differs from the model's.")
+            datamodule.set_collate(collator)
+            data_splitter = datamodule
+            if datamodule.val_stream is None:
+                trainer_kwargs.setdefault("limit_val_batches", 0)
+        else:
+            data_splitter = DataSplitter(
+                self.adata_manager,
+                train_size=train_size,
+                validation_size=validation_size,
+                batch_size=batch_size or preset.batch_size,
+                collate_fn=collator,
+                distributed_sampler=use_distributed_sampler(trainer_kwargs.get("strategy")),
+                **(datasplitter_kwargs or {}),
+            )
         plan = SCGPTTrainingPlan(
             self.module,
             lr=lr or preset.lr,
             optimizer=optimizer,
             weight_decay=preset.weight_decay if weight_decay is None else weight_decay,
-            lr_schedule=lr_schedule,
+            lr_schedule=lr_schedule or preset.lr_schedule,
             lr_gamma=preset.lr_gamma if lr_gamma is None else lr_gamma,
-            warmup_steps=warmup_steps,
+            warmup_steps=preset.warmup_steps if warmup_steps is None else warmup_steps,
             objectives=objectives,
             **(plan_kwargs or {}),
         )
@@ -415,6 +462,8 @@ class SCGPT(ReferenceMappingMixin, BaseModelClass):
             arch["explicit_zero_prob"] = True
         if objectives.dar:
             arch["do_dab"] = True
+        if objectives.generative:
+            arch["use_generative_flag"] = True
         if objectives.cls:
             n_labels = self.summary_stats.n_labels
             if self.adata_manager.registry["setup_args"].get("labels_key") is None:

@@ -128,12 +128,15 @@ class SCGPTModule(BaseModuleClass):
 
     # ----------------------------------------------------------------- scvi-tools API
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
-        return {
+        inputs = {
             "gene_ids": tensors[TOKEN_KEYS.GENE_IDS],
             "values": tensors[TOKEN_KEYS.VALUES],
             "padding_mask": tensors[TOKEN_KEYS.PADDING_MASK],
             "batch_index": tensors.get(BATCH_KEY),
         }
+        if TOKEN_KEYS.GEN_GENE_IDS in tensors:
+            inputs["gen_gene_ids"] = tensors[TOKEN_KEYS.GEN_GENE_IDS]
+        return inputs
 
     @auto_move_data
     def inference(
@@ -143,13 +146,37 @@ class SCGPTModule(BaseModuleClass):
         padding_mask: torch.Tensor,
         batch_index: torch.Tensor | None = None,
         cls_only: bool = False,
+        gen_gene_ids: torch.Tensor | None = None,
+        cell_prompt: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Encode token sequences.
 
         Returns ``encoded`` (``(B, L, d)``; ``(B, 1, d)`` with ``cls_only``), ``cell_emb``
         (``(B, d)``, not normalised) and ``gene_embs`` (``(B, L, d)``).
+
+        With ``gen_gene_ids`` (``(B, Lg)``), the given tokens are the known ones and these
+        genes are generated under the scGPT generative attention mask; ``gen_encoded`` and
+        ``gen_gene_embs`` are added. ``cell_prompt`` (``(B, d)``) replaces the ``<cls>``
+        input embedding (the cell-prompt step).
         """
         total, gene_embs = self.embed_inputs(gene_ids, values, padding_mask, batch_index)
+        if cell_prompt is not None:
+            total = torch.cat([cell_prompt.unsqueeze(1).to(total.dtype), total[:, 1:]], dim=1)
+        if gen_gene_ids is not None:
+            if not hasattr(self, "flag_encoder"):
+                raise ValueError("Generative pretraining needs use_generative_flag=True.")
+            gen_gene_embs = self.encoder(gen_gene_ids)
+            gen_total = gen_gene_embs + self.flag_encoder.weight[1]
+            encoded, gen_encoded = self.transformer_encoder.generative_forward(
+                total, gen_total, padding_mask
+            )
+            return {
+                "encoded": encoded,
+                "cell_emb": self.cell_embedding(encoded, values, padding_mask),
+                "gene_embs": gene_embs,
+                "gen_encoded": gen_encoded,
+                "gen_gene_embs": gen_gene_embs,
+            }
         cls_only = cls_only and self.config.cell_emb_style == "cls"
         encoded = self.transformer_encoder(total, padding_mask, cls_only=cls_only)
         return {
@@ -159,6 +186,13 @@ class SCGPTModule(BaseModuleClass):
         }
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
+        if "gen_encoded" in inference_outputs:  # decode the generated tokens
+            return {
+                "encoded": inference_outputs["gen_encoded"],
+                "cell_emb": inference_outputs["cell_emb"],
+                "gene_embs": inference_outputs["gen_gene_embs"],
+                "batch_index": tensors.get(BATCH_KEY),
+            }
         return {
             "encoded": inference_outputs["encoded"],
             "cell_emb": inference_outputs["cell_emb"],
@@ -226,6 +260,8 @@ class SCGPTModule(BaseModuleClass):
 
             objectives = ObjectiveConfig(gepc=hasattr(self, "mvc_decoder"))
         obj = objectives
+        if obj.generative:
+            return self._generative_loss(tensors, inference_outputs, generative_outputs, obj)
         values = tensors[TOKEN_KEYS.VALUES]
         target = tensors.get(TOKEN_KEYS.TARGET_VALUES, values)
         masked = values == MASK_VALUE
@@ -263,6 +299,38 @@ class SCGPTModule(BaseModuleClass):
         total = torch.stack(list(terms.values())).sum()
         metrics.update({k: v.detach() for k, v in terms.items()})
         return LossOutput(loss=total, n_obs_minibatch=values.shape[0], extra_metrics=metrics)
+
+    def _generative_loss(self, tensors, inference_outputs, generative_outputs, obj) -> LossOutput:
+        """Generative pretraining: generated-gene MSE, GEPC and the cell-prompt step."""
+        if TOKEN_KEYS.GEN_GENE_IDS not in tensors:
+            raise ValueError("Generative objectives need generated tokens (task='pretrain').")
+        target = tensors[TOKEN_KEYS.GEN_TARGETS]
+        keep = ~tensors[TOKEN_KEYS.GEN_PADDING_MASK]
+        gen = generative_outputs
+        terms: dict[str, torch.Tensor] = {}
+        if obj.gep:
+            terms["gep"] = obj.gep_weight * masked_mse(gen["expr"], target, keep)
+        if obj.gepc:
+            self._require(gen, "mvc", "do_mvc")
+            terms["gepc"] = obj.gepc_weight * masked_mse(gen["mvc"], target, keep)
+        if obj.cell_prompt:
+            prompt = inference_outputs["cell_emb"].detach()
+            second = self.inference(
+                tensors[TOKEN_KEYS.GENE_IDS],
+                tensors[TOKEN_KEYS.VALUES],
+                tensors[TOKEN_KEYS.PADDING_MASK],
+                tensors.get(BATCH_KEY),
+                gen_gene_ids=tensors[TOKEN_KEYS.GEN_GENE_IDS],
+                cell_prompt=prompt,
+            )
+            out = self.generative(**self._get_generative_input(tensors, second))
+            terms["gep_cell_prompt"] = obj.gep_weight * masked_mse(out["expr"], target, keep)
+        total = torch.stack(list(terms.values())).sum()
+        return LossOutput(
+            loss=total,
+            n_obs_minibatch=target.shape[0],
+            extra_metrics={k: v.detach() for k, v in terms.items()},
+        )
 
     @staticmethod
     def _require(outputs: dict, key: str, option: str) -> None:

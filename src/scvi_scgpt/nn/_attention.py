@@ -123,6 +123,75 @@ class SelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
+    def generative_forward(
+        self,
+        known: torch.Tensor,
+        generated: torch.Tensor,
+        known_padding_mask: torch.Tensor | None = None,
+        *,
+        project_generated: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention with the scGPT generative mask.
+
+        Known tokens attend to all known tokens; a generated token attends to the known tokens
+        and to itself only. Two SDPA calls: known queries against known keys, and generated
+        queries against ``[known keys, generated keys]`` with a mask that keeps only the
+        generated token's own key in the second block.
+
+        Parameters
+        ----------
+        known
+            ``(B, Lk, d)`` known (perception) tokens, ``<cls>`` first.
+        generated
+            ``(B, Lg, d)`` tokens to generate (gene embedding + flag, no value).
+        known_padding_mask
+            ``(B, Lk)`` bool, ``True`` at padding of the known tokens. Padded generated
+            tokens need no mask: nothing attends to them and their outputs are ignored.
+        project_generated
+            Apply ``out_proj`` to the generated tokens' output. The official pretraining code
+            does not (its generated branch has no output projection), which is the default.
+
+        Returns
+        -------
+        Outputs for the known and the generated tokens.
+        """
+        dropout = self.dropout if self.training else 0.0
+        qkv_k = self.project_qkv(known).permute(2, 0, 3, 1, 4)  # (3, B, H, Lk, Dh)
+        qkv_g = self.project_qkv(generated).permute(2, 0, 3, 1, 4)
+        q_k, k_k, v_k = qkv_k.unbind(0)
+        q_g, k_g, v_g = qkv_g.unbind(0)
+        known_mask = keys_attention_mask(known_padding_mask)
+        out_k = F.scaled_dot_product_attention(
+            q_k, k_k, v_k, attn_mask=known_mask, dropout_p=dropout
+        )
+        n_gen = generated.shape[1]
+        batch, n_known = known.shape[:2]
+        allowed_known = (
+            torch.ones(batch, n_known, dtype=torch.bool, device=known.device)
+            if known_padding_mask is None
+            else ~known_padding_mask
+        )
+        eye = torch.eye(n_gen, dtype=torch.bool, device=known.device)
+        gen_mask = torch.cat(
+            [
+                allowed_known[:, None, :].expand(batch, n_gen, n_known),
+                eye.expand(batch, n_gen, n_gen),
+            ],
+            dim=2,
+        )[:, None]  # (B, 1, Lg, Lk + Lg)
+        out_g = F.scaled_dot_product_attention(
+            q_g,
+            torch.cat([k_k, k_g], 2),
+            torch.cat([v_k, v_g], 2),
+            attn_mask=gen_mask,
+            dropout_p=dropout,
+        )
+        out_k = self.out_proj(out_k.transpose(1, 2).flatten(2))
+        out_g = out_g.transpose(1, 2).flatten(2)
+        if project_generated:
+            out_g = self.out_proj(out_g)
+        return out_k, out_g
+
     def _flash_forward(self, qkv, key_padding_mask, dropout):
         batch, length = qkv.shape[:2]
         if key_padding_mask is None:

@@ -60,6 +60,31 @@ class TransformerEncoderLayer(nn.Module):
         x = self.norm1(residual + self.dropout1(h))
         return self.norm2(x + self._ffn(x))
 
+    def generative_forward(
+        self,
+        known: torch.Tensor,
+        generated: torch.Tensor,
+        known_padding_mask: torch.Tensor | None = None,
+        *,
+        project_generated: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One layer under the generative attention mask (feed-forward and norms shared)."""
+        a_k, a_g = self.self_attn.generative_forward(
+            self.norm1(known) if self.norm_first else known,
+            self.norm1(generated) if self.norm_first else generated,
+            known_padding_mask,
+            project_generated=project_generated,
+        )
+        outputs = []
+        for x, h in ((known, a_k), (generated, a_g)):
+            if self.norm_first:
+                x = x + self.dropout1(h)
+                outputs.append(x + self._ffn(self.norm2(x)))
+            else:
+                x = self.norm1(x + self.dropout1(h))
+                outputs.append(self.norm2(x + self._ffn(x)))
+        return outputs[0], outputs[1]
+
 
 class TransformerEncoder(nn.Module):
     """A stack of :class:`TransformerEncoderLayer` (official ``transformer_encoder``)."""
@@ -90,3 +115,20 @@ class TransformerEncoder(nn.Module):
             query = 0 if cls_only and i == last else None
             x = layer(x, key_padding_mask, attn_mask=attn_mask, query_index=query)
         return x
+
+    def generative_forward(
+        self,
+        known: torch.Tensor,
+        generated: torch.Tensor,
+        known_padding_mask: torch.Tensor | None = None,
+        *,
+        project_generated: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run all layers under the generative attention mask."""
+        if known_padding_mask is not None and not known_padding_mask.any():
+            known_padding_mask = None
+        for layer in self.layers:
+            known, generated = layer.generative_forward(
+                known, generated, known_padding_mask, project_generated=project_generated
+            )
+        return known, generated

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from scvi_scgpt.train._collate import TokenCollator, mask_values
+from scvi_scgpt.train._callbacks import AtomicCheckpoint
+from scvi_scgpt.train._collate import (
+    GenerativeCollator,
+    TokenCollator,
+    mask_values,
+    split_generated,
+)
 from scvi_scgpt.train._config import PRESETS, ObjectiveConfig, TaskPreset
 from scvi_scgpt.train._trainingplan import SCGPTTrainingPlan
 
 __all__ = [
+    "AtomicCheckpoint",
+    "GenerativeCollator",
     "PRESETS",
     "ObjectiveConfig",
     "SCGPTTrainingPlan",
     "TaskPreset",
     "TokenCollator",
     "mask_values",
+    "split_generated",
 ]

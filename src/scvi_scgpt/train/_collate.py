@@ -71,7 +71,8 @@ class TokenCollator:
         x = batch["X"]
         if isinstance(x, torch.Tensor):
             x = x.to_dense().numpy() if x.is_sparse or x.layout != torch.strided else x.numpy()
-        tokens = tokenize_cells(x, self.column_vocab_ids, config, cls_id=self.cls_id)
+        column_ids = batch.get("column_vocab_ids", self.column_vocab_ids)
+        tokens = tokenize_cells(x, column_ids, config, cls_id=self.cls_id)
         padded = tokens.pad(None, pad_id=self.pad_id, pad_value=config.pad_value)
         target = padded[TOKEN_KEYS.VALUES]
         values = target.copy()
@@ -85,7 +86,76 @@ class TokenCollator:
             TOKEN_KEYS.TARGET_VALUES: torch.from_numpy(target),
             TOKEN_KEYS.PADDING_MASK: torch.from_numpy(padded[TOKEN_KEYS.PADDING_MASK]),
         }
-        for key in ("batch", "labels"):
+        for key in ("batch", "labels", TOKEN_KEYS.CELL_INDEX):
             if key in batch:
                 out[key] = torch.as_tensor(np.asarray(batch[key])).reshape(-1).long()
+        return out
+
+
+def split_generated(
+    padding_mask: np.ndarray, ratio: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Boolean ``(B, L)``: the gene tokens to generate, ``int(n * ratio)`` per cell.
+
+    ``<cls>`` (position 0) and padding are never generated; at least one gene stays known.
+    """
+    candidates = ~padding_mask
+    candidates[:, 0] = False
+    n_genes = candidates.sum(1)
+    n_gen = np.minimum(np.floor(n_genes * ratio).astype(np.int64), np.maximum(n_genes - 1, 0))
+    keys = rng.random(padding_mask.shape)
+    keys[~candidates] = np.inf
+    rank = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1, kind="stable")
+    return rank < n_gen[:, None]
+
+
+def _compact(mask: np.ndarray, *arrays: np.ndarray, fill: tuple) -> list[np.ndarray]:
+    """Move the ``mask`` entries of each row to the left; return arrays of the max width."""
+    order = np.argsort(~mask, axis=1, kind="stable")
+    width = max(int(mask.sum(1).max()), 1)
+    keep = np.take_along_axis(mask, order, 1)[:, :width]
+    out = []
+    for arr, value in zip(arrays, fill):
+        moved = np.take_along_axis(arr, order, 1)[:, :width].copy()
+        moved[~keep] = value
+        out.append(moved)
+    out.append(~keep)
+    return out
+
+
+class GenerativeCollator(TokenCollator):
+    """Minibatches for generative pretraining: known tokens and tokens to generate.
+
+    Each minibatch draws the generated fraction from ``gen_ratios``; per cell that fraction
+    of the expressed genes (chosen at random) becomes generated tokens whose binned values are
+    the targets. ``<cls>`` stays known.
+    """
+
+    def __init__(self, *args, gen_ratios=(0.25, 0.5, 0.75), **kwargs) -> None:
+        kwargs.pop("mask_ratio", None)
+        super().__init__(*args, mask_ratio=0.0, **kwargs)
+        self.gen_ratios = tuple(gen_ratios)
+
+    def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Collate one minibatch."""
+        out = super().__call__(batch)
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+        ratio = float(rng.choice(self.gen_ratios))
+        genes = out[TOKEN_KEYS.GENE_IDS].numpy()
+        values = out[TOKEN_KEYS.TARGET_VALUES].numpy()
+        padding = out[TOKEN_KEYS.PADDING_MASK].numpy()
+        generated = split_generated(padding, ratio, rng)
+        known = ~padding & ~generated
+        pad_value = self.tokenizer.pad_value
+        k_genes, k_values, k_pad = _compact(known, genes, values, fill=(self.pad_id, pad_value))
+        g_genes, g_values, g_pad = _compact(
+            generated, genes, values, fill=(self.pad_id, pad_value)
+        )
+        out[TOKEN_KEYS.GENE_IDS] = torch.from_numpy(k_genes)
+        out[TOKEN_KEYS.VALUES] = torch.from_numpy(k_values)
+        out[TOKEN_KEYS.TARGET_VALUES] = torch.from_numpy(k_values)
+        out[TOKEN_KEYS.PADDING_MASK] = torch.from_numpy(k_pad)
+        out[TOKEN_KEYS.GEN_GENE_IDS] = torch.from_numpy(g_genes)
+        out[TOKEN_KEYS.GEN_TARGETS] = torch.from_numpy(g_values)
+        out[TOKEN_KEYS.GEN_PADDING_MASK] = torch.from_numpy(g_pad)
         return out

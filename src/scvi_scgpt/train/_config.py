@@ -26,6 +26,16 @@ class ObjectiveConfig:
         behind a gradient-reversal layer.
     cls
         Cell-type classification (cross-entropy on the ``cls_decoder`` logits).
+    generative
+        Generative pretraining under the scGPT attention mask: a fraction of each cell's
+        expressed genes (drawn per minibatch from ``gen_ratios``) becomes tokens to generate
+        (gene embedding + flag, no value); ``gep`` is then the MSE of their predicted bins and
+        ``gepc`` the MVC prediction of them from the cell embedding.
+    cell_prompt
+        With ``generative``, add the cell-prompt step: the cell embedding of the first pass
+        (detached) replaces ``<cls>`` and the generated genes are predicted again.
+    gen_ratios
+        Fractions of generated genes drawn from per minibatch.
     mask_ratio
         Fraction of each cell's gene tokens (``<cls>`` and padding excluded) whose value is
         replaced by the mask value; ``int(n * mask_ratio)`` per cell.
@@ -39,6 +49,9 @@ class ObjectiveConfig:
     ecs: bool = False
     dar: bool = False
     cls: bool = False
+    generative: bool = False
+    cell_prompt: bool = True
+    gen_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
     mask_ratio: float = 0.4
     ecs_threshold: float = 0.8
     ecs_weight: float = 10.0
@@ -50,7 +63,7 @@ class ObjectiveConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}.")
-        if (self.gep or self.gepc) and self.mask_ratio == 0:
+        if (self.gep or self.gepc) and self.mask_ratio == 0 and not self.generative:
             raise ValueError("GEP/GEPC need masked positions: set mask_ratio > 0.")
         if not any((self.gep, self.gepc, self.ecs, self.dar, self.cls)):
             raise ValueError("At least one objective must be switched on.")
@@ -73,6 +86,8 @@ class TaskPreset:
     max_epochs: int = 15
     lr_gamma: float = 0.9
     weight_decay: float = 0.0
+    lr_schedule: str = "step"
+    warmup_steps: int = 0
 
     def with_objectives(self, **changes) -> TaskPreset:
         """A copy with some objective settings changed."""
@@ -130,8 +145,23 @@ GEP = TaskPreset(
     max_epochs=10,
 )
 
+#: Generative pretraining (paper, Methods): generated-gene MSE + GEPC + cell-prompt step,
+#: expressed genes up to 1,200 tokens, generated fraction from {0.25, 0.5, 0.75}, lr 1e-4
+#: with warm-up and cosine decay (set in ``SCGPT.train``).
+PRETRAIN = TaskPreset(
+    objectives=ObjectiveConfig(gep=True, gepc=True, generative=True, mask_ratio=0.0),
+    architecture={"do_mvc": True, "use_generative_flag": True},
+    tokenizer={"cls_value": -2.0, "max_seq_len": 1200},
+    lr=1e-4,
+    batch_size=32,
+    max_epochs=6,
+    lr_schedule="cosine",
+    warmup_steps=100,
+)
+
 PRESETS: dict[str, TaskPreset] = {
     "integration": INTEGRATION,
     "annotation": ANNOTATION,
     "gep": GEP,
+    "pretrain": PRETRAIN,
 }
