@@ -109,3 +109,41 @@ def test_continue_pretraining_from_official_checkpoint(official_dir, official_ce
         warnings.simplefilter("ignore")
         model.train("pretrain", max_epochs=1, batch_size=16, **QUIET)
     assert not torch.equal(model.module.flag_encoder.weight, before)  # the official key trains
+
+
+def test_generate_gene_and_cell_prompts():
+    scvi.settings.seed = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adata = make_structured_counts(240, n_batches=1)
+        SCGPT.setup_anndata(adata)
+        model = SCGPT(adata, max_seq_len=96, **TINY)
+        model.train("pretrain", max_epochs=12, lr=3e-3, batch_size=32, warmup_steps=5, **QUIET)
+    # marker genes of type 0 (first block): hide them and generate them back
+    targets = list(adata.var_names[2:12])
+    one_step = model.generate(adata, targets, n_steps=1)
+    three = model.generate(adata, targets, n_steps=3)
+    assert one_step.shape == (240, 10) and list(one_step.columns) == targets
+    assert np.isfinite(three.to_numpy()).all()
+    assert three.to_numpy().min() >= 0 and three.to_numpy().max() <= 50
+    assert not np.allclose(one_step.to_numpy(), three.to_numpy())
+    again = model.generate(adata, targets, n_steps=3)
+    np.testing.assert_array_equal(again.to_numpy(), three.to_numpy())  # deterministic
+    # type-0 cells get higher predictions for their own markers than other cells
+    is_type0 = (adata.obs["cell_type"] == "type0").to_numpy()
+    score = three.to_numpy().mean(1)
+    assert score[is_type0].mean() > score[~is_type0].mean()
+    emb = model.get_latent_representation(normalize=False)
+    from_cells = model.generate(adata, targets, cell_prompt=emb, n_steps=2)
+    assert from_cells.shape == (240, 10) and np.isfinite(from_cells.to_numpy()).all()
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        model.generate(adata, ["NOT_A_GENE"])
+    with pytest.raises(ValueError, match="cell_prompt"):
+        model.generate(adata, targets, cell_prompt=emb[:5])
+
+
+def test_generate_needs_generative_model(counts_adata):
+    SCGPT.setup_anndata(counts_adata)
+    model = SCGPT(counts_adata, max_seq_len=32, **TINY)
+    with pytest.raises(ValueError, match="generatively pretrained"):
+        model.generate(counts_adata, list(counts_adata.var_names[:2]))

@@ -45,6 +45,7 @@ from scvi_scgpt.model._checkpoint import (
     to_torch_layout,
 )
 from scvi_scgpt.model._fields import GeneExpressionField
+from scvi_scgpt.model._generation import GenerationMixin
 from scvi_scgpt.model._mapping import ReferenceMappingMixin
 from scvi_scgpt.model._serialization import from_jsonable, to_jsonable
 from scvi_scgpt.module import ArchitectureConfig, SCGPTModule
@@ -80,7 +81,7 @@ def _resolve_vocab(vocab, adata: AnnData, gene_symbols_key: str | None) -> GeneV
     return GeneVocab(vocab)
 
 
-class SCGPT(ReferenceMappingMixin, BaseModelClass):
+class SCGPT(ReferenceMappingMixin, GenerationMixin, BaseModelClass):
     """scGPT single-cell foundation model (:cite:p:`Cui2024`) as an scvi-tools model.
 
     Create a new (randomly initialised) model with ``SCGPT(adata, ...)`` or load official
@@ -706,11 +707,19 @@ class SCGPT(ReferenceMappingMixin, BaseModelClass):
         indices: np.ndarray,
         batch_size: int,
         chunk_size: int,
+        *,
+        column_ids: np.ndarray | None = None,
+        tokenizer: TokenizerConfig | None = None,
     ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-        """Yield ``(positions in indices, padded token arrays)``, length-sorted per chunk."""
+        """Yield ``(positions in indices, padded token arrays)``, length-sorted per chunk.
+
+        ``column_ids`` and ``tokenizer`` default to the model's gene matching and settings.
+        """
         manager = self.get_anndata_manager(adata, required=True)
         matrix = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        column_ids = self._column_vocab_ids(adata)
+        if column_ids is None:
+            column_ids = self._column_vocab_ids(adata)
+        tokenizer = tokenizer or self.tokenizer_config
         batches = None
         if self._uses_batches():
             batches = np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
@@ -722,16 +731,14 @@ class SCGPT(ReferenceMappingMixin, BaseModelClass):
             tokens = tokenize_cells(
                 matrix[chunk[order]],
                 column_ids,
-                self.tokenizer_config,
+                tokenizer,
                 cls_id=self.vocab_.cls_id,
                 cell_labels=obs_names[chunk[order]],
             )
             by_length = np.argsort(-tokens.lengths, kind="stable")
             for b in range(0, len(by_length), batch_size):
                 rows = by_length[b : b + batch_size]
-                padded = tokens.pad(
-                    rows, pad_id=self.vocab_.pad_id, pad_value=self.tokenizer_config.pad_value
-                )
+                padded = tokens.pad(rows, pad_id=self.vocab_.pad_id, pad_value=tokenizer.pad_value)
                 if batches is not None:
                     padded[BATCH_KEY] = batches[chunk[order[rows]]]
                 yield start + order[rows], padded
