@@ -76,8 +76,12 @@ class CheckpointAudit:
         return "\n".join(lines)
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, *, mmap: bool = False) -> dict[str, torch.Tensor]:
     """Load a state dict of tensors without executing code.
+
+    With ``mmap``, tensors of a zip-format ``.pt`` file are memory-mapped instead of read
+    (pages load on first use), which halves peak memory when they are then assigned to a
+    module.
 
     ``.safetensors`` files are read with safetensors; anything else with
     ``torch.load(weights_only=True)``, which refuses pickled objects other than tensors and
@@ -103,7 +107,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"Could not read {str(path)!r}: {err}") from err
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            except RuntimeError:
+                if not mmap:
+                    raise
+                state = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
         except pickle.UnpicklingError as err:
             raise CheckpointError(
                 f"Refusing to load {str(path)!r}: it contains pickled objects other than tensors "
@@ -294,6 +303,7 @@ def load_into_module(
     strict: bool = True,
     renamed: dict[str, str] | None = None,
     resized_heads: bool = False,
+    assign: bool = False,
 ) -> CheckpointAudit:
     """Copy ``state`` into ``module`` after a strict audit of every key.
 
@@ -302,6 +312,10 @@ def load_into_module(
     listed in the audit). Mis-shaped tensors raise, except head tensors when
     ``resized_heads`` (the caller asked for a different head, e.g. another number of
     classes): those are freshly initialised and listed in ``audit.mismatched``.
+
+    With ``assign``, the checkpoint tensors become the module's tensors (no copy; the module
+    may have been built on the ``meta`` device), and modules left on ``meta`` (new heads)
+    are materialised and initialised.
     """
     own = module.state_dict()
     audit = CheckpointAudit(renamed=dict(renamed or {}))
@@ -339,10 +353,27 @@ def load_into_module(
             f"{audit.unexpected[:5]}). Pass strict=False to ignore them (they are then listed "
             "in model.checkpoint_audit_)."
         )
-    with torch.no_grad():
-        for key in audit.loaded:
-            own[key].copy_(state[key])
+    if assign:
+        loaded = {k: state[k].to(own[k].dtype) for k in audit.loaded}
+        module.load_state_dict(loaded, strict=False, assign=True)
+        materialize_meta(module)
+    else:
+        with torch.no_grad():
+            for key in audit.loaded:
+                own[key].copy_(state[key])
     return audit
+
+
+def materialize_meta(module: torch.nn.Module, device: str | torch.device = "cpu") -> None:
+    """Give real, freshly initialised storage to every submodule still on ``meta``."""
+    for name, sub in module.named_modules():
+        tensors = list(sub.parameters(recurse=False)) + list(sub.buffers(recurse=False))
+        if not any(t.is_meta for t in tensors):
+            continue
+        sub.to_empty(device=device, recurse=False)
+        if not hasattr(sub, "reset_parameters"):
+            raise CheckpointError(f"Cannot initialise {name or type(sub).__name__}.")
+        sub.reset_parameters()
 
 
 def official_args(config: ArchitectureConfig, **extra) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import json
 import logging
@@ -65,7 +67,8 @@ _MODEL_FILE = "model.pt"
 _META_FILE = "scvi_scgpt.json"
 _VOCAB_FILE = "vocab.json"
 _FORMAT_VERSION = 1
-_ARCH_DEFAULTS = {"d_model": 512, "n_heads": 8, "d_hid": 512, "n_layers": 12, "dropout": 0.2}
+#: Set while from_pretrained builds a model whose weights come from a checkpoint.
+_BUILD_ON_META: contextvars.ContextVar[bool] = contextvars.ContextVar("meta", default=False)
 
 
 def _resolve_vocab(vocab, adata: AnnData, gene_symbols_key: str | None) -> GeneVocab:
@@ -165,7 +168,8 @@ class SCGPT(ReferenceMappingMixin, GenerationMixin, BaseModelClass):
             dropout=dropout,
             **architecture,
         )
-        self.module = self._module_cls(self.architecture)
+        with torch.device("meta") if _BUILD_ON_META.get() else contextlib.nullcontext():
+            self.module = self._module_cls(self.architecture)
         self.checkpoint_audit_: CheckpointAudit | None = None
         self.gene_subset_: list[str] | None = None
         self._model_summary_string = (
@@ -710,10 +714,13 @@ class SCGPT(ReferenceMappingMixin, GenerationMixin, BaseModelClass):
         *,
         column_ids: np.ndarray | None = None,
         tokenizer: TokenizerConfig | None = None,
+        max_tokens: int | None = None,
     ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
         """Yield ``(positions in indices, padded token arrays)``, length-sorted per chunk.
 
-        ``column_ids`` and ``tokenizer`` default to the model's gene matching and settings.
+        A batch holds at most ``batch_size`` cells and, when ``max_tokens`` is given, at most
+        ``max_tokens`` padded tokens (long cells go in smaller batches). ``column_ids`` and
+        ``tokenizer`` default to the model's gene matching and settings.
         """
         manager = self.get_anndata_manager(adata, required=True)
         matrix = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
@@ -736,8 +743,16 @@ class SCGPT(ReferenceMappingMixin, GenerationMixin, BaseModelClass):
                 cell_labels=obs_names[chunk[order]],
             )
             by_length = np.argsort(-tokens.lengths, kind="stable")
-            for b in range(0, len(by_length), batch_size):
-                rows = by_length[b : b + batch_size]
+            b = 0
+            while b < len(by_length):
+                width = int(tokens.lengths[by_length[b]])  # the longest of this batch
+                n = (
+                    batch_size
+                    if max_tokens is None
+                    else max(1, min(batch_size, max_tokens // width))
+                )
+                rows = by_length[b : b + n]
+                b += n
                 padded = tokens.pad(rows, pad_id=self.vocab_.pad_id, pad_value=tokenizer.pad_value)
                 if batches is not None:
                     padded[BATCH_KEY] = batches[chunk[order[rows]]]
@@ -756,6 +771,7 @@ class SCGPT(ReferenceMappingMixin, GenerationMixin, BaseModelClass):
         normalize: bool = True,
         precision: Literal["32", "bf16", "16"] = "32",
         chunk_size: int = 4096,
+        max_tokens_per_batch: int | None = 8192,
         progress_bar: bool | None = None,
     ) -> np.ndarray:
         """Cell embeddings: the transformer output at ``<cls>``, L2-normalised.
@@ -784,8 +800,11 @@ class SCGPT(ReferenceMappingMixin, GenerationMixin, BaseModelClass):
         chunk_size
             Cells tokenized at once; within a chunk cells are batched by length to avoid
             padding.
+        max_tokens_per_batch
+            Cap on padded tokens per forward pass (long cells go in smaller batches), which
+            bounds activation memory; ``None`` for ``batch_size`` cells always.
         progress_bar
-            Show a progress bar (default: when more than 10 batches).
+            Show a progress bar (default: for more than ``10 * batch_size`` cells).
 
         Returns
         -------
@@ -816,6 +835,7 @@ class SCGPT(ReferenceMappingMixin, GenerationMixin, BaseModelClass):
             precision=precision,
             chunk_size=chunk_size,
             progress_bar=progress_bar,
+            max_tokens=max_tokens_per_batch,
         )
 
     def _forward_cells(
@@ -830,6 +850,7 @@ class SCGPT(ReferenceMappingMixin, GenerationMixin, BaseModelClass):
         chunk_size=4096,
         progress_bar=None,
         desc="Embedding cells",
+        max_tokens=8192,
     ) -> np.ndarray:
         """Run the encoder over cells in length-sorted batches and collect ``head(out, t)``."""
         if indices is None:
@@ -843,14 +864,13 @@ class SCGPT(ReferenceMappingMixin, GenerationMixin, BaseModelClass):
         self.module.eval()
         device = self.device
         out = np.empty((len(indices), n_out), dtype=np.float32)
-        n_batches = sum(
-            -(-min(chunk_size, len(indices) - s) // batch_size)
-            for s in range(0, len(indices), chunk_size)
-        )
-        show = n_batches > 10 if progress_bar is None else progress_bar
+        show = len(indices) > 10 * batch_size if progress_bar is None else progress_bar
         autocast = self._autocast(precision, device)
-        with tqdm(total=n_batches, desc=desc, disable=not show, unit="batch") as bar:
-            for positions, tensors in self._token_batches(adata, indices, batch_size, chunk_size):
+        batches = self._token_batches(
+            adata, indices, batch_size, chunk_size, max_tokens=max_tokens
+        )
+        with tqdm(total=len(indices), desc=desc, disable=not show, unit="cell") as bar:
+            for positions, tensors in batches:
                 t = {k: torch.from_numpy(v).to(device) for k, v in tensors.items()}
                 with autocast:
                     result = self.module.inference(
@@ -862,7 +882,7 @@ class SCGPT(ReferenceMappingMixin, GenerationMixin, BaseModelClass):
                     )
                     values = head(result, t)
                 out[positions] = values.float().cpu().numpy()
-                bar.update()
+                bar.update(len(positions))
         return out
 
     @staticmethod
@@ -969,22 +989,32 @@ class SCGPT(ReferenceMappingMixin, GenerationMixin, BaseModelClass):
         vocab = GeneVocab.from_file(vocab_path)
         args = read_args(model_dir / "args.json")
         weights = cls._find_checkpoint(model_dir, checkpoint)
-        state, renamed = to_torch_layout(read_state_dict(weights))
+        state, renamed = to_torch_layout(read_state_dict(weights, mmap=True))
         config = infer_architecture(state, args, vocab, **overrides)
         cfg = config.to_dict()
         for key in ("n_tokens", "pad_id"):
             cfg.pop(key)
-        model = cls(
-            adata,
-            vocab=vocab,
-            max_seq_len=int(max_seq_len or args.get("max_seq_len", MAX_SEQ_LEN)),
-            n_bins=int(args.get("n_bins", N_BINS)),
-            cls_value=CLS_VALUE_PRETRAIN,
-            seed=seed,
-            **cfg,
-        )
+        # build on "meta" and adopt the (memory-mapped) checkpoint tensors: one copy in memory
+        token = _BUILD_ON_META.set(True)
+        try:
+            model = cls(
+                adata,
+                vocab=vocab,
+                max_seq_len=int(max_seq_len or args.get("max_seq_len", MAX_SEQ_LEN)),
+                n_bins=int(args.get("n_bins", N_BINS)),
+                cls_value=CLS_VALUE_PRETRAIN,
+                seed=seed,
+                **cfg,
+            )
+        finally:
+            _BUILD_ON_META.reset(token)
         audit = load_into_module(
-            model.module, state, strict=strict, renamed=renamed, resized_heads=bool(overrides)
+            model.module,
+            state,
+            strict=strict,
+            renamed=renamed,
+            resized_heads=bool(overrides),
+            assign=True,
         )
         if audit.mismatched:
             warnings.warn(
