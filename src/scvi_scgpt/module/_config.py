@@ -49,7 +49,8 @@ class ArchitectureConfig:
     use_generative_flag
         Keep the ``flag_encoder`` embedding of generative pretraining.
     ecs_threshold
-        Similarity threshold of the elastic cell similarity loss.
+        The ``ecs_threshold`` recorded in official ``args.json`` files (kept for export).
+        Training uses :attr:`scvi_scgpt.train.ObjectiveConfig.ecs_threshold`.
     pre_norm
         Pre-norm transformer layers (official checkpoints are post-norm).
     use_flash
