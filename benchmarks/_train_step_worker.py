@@ -9,9 +9,11 @@
 
 A training step, identical on both sides up to the implementation of the model and loss:
 ``zero_grad`` -> forward -> loss -> ``backward`` -> ``clip_grad_norm_(1.0)`` -> Adam step
-(lr 1e-4, eps 1e-8), dropout 0, the same batch at every step; float32, or with
-``--precision bf16`` the forward pass and loss under ``torch.autocast("cpu", torch.bfloat16)``
-(what ``SCGPT.train(precision="bf16-mixed")`` does through Lightning).
+(lr 1e-4, eps 1e-8; official: ``torch.optim.Adam`` as in its tutorials, ours: the fused Adam
+that ``SCGPTTrainingPlan`` builds through ``make_optimizer``; same update), dropout 0, the
+same batch at every step; float32, or with ``--precision bf16`` the forward pass and loss
+under ``torch.autocast("cpu", torch.bfloat16)`` (what ``SCGPT.train(precision="bf16-mixed")``
+does through Lightning).
 
 - official: ``scgpt.model.TransformerModel(...)(src, values, src_key_padding_mask, MVC=True)``
   and the official tutorial loss ``scgpt.loss.masked_mse_loss(mlm_output, target, masked) +
@@ -147,7 +149,14 @@ def main() -> None:
     build = _official if args.side == "official" else _ours
     model, forward_loss = build(case, batch, Path(args.weights), torch)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=LR, eps=EPS)
+    if args.side == "ours":
+        # what SCGPTTrainingPlan builds: Adam with PyTorch's fused kernel
+        from scvi_scgpt.train import make_optimizer
+
+        optimizer = make_optimizer(params, "Adam", lr=LR, eps=EPS)
+    else:
+        # the official tutorials' torch.optim.Adam (PyTorch's default implementation)
+        optimizer = torch.optim.Adam(params, lr=LR, eps=EPS)
     n_tokens = int((~batch["padding_mask"]).sum())
     baseline_rss = bc.current_rss_mb()
 
@@ -189,6 +198,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "n_parameters": int(sum(p.numel() for p in params)),
+        "optimizer": f"{type(optimizer).__name__}(fused={bool(optimizer.defaults.get('fused'))})",
         "batch_shape": list(batch["gene_ids"].shape),
         "non_pad_tokens": n_tokens,
         "median_step_s": median,

@@ -1,6 +1,9 @@
 """Generative-pretraining throughput: two-SDPA generative attention vs one dense-mask SDPA.
 
     flock /tmp/scvi_scgpt_cpu.lock .venv/bin/python benchmarks/pretrain_throughput.py
+    # share of a step spent in attention (torch.profiler), 1 timed step per run:
+    flock /tmp/scvi_scgpt_cpu.lock .venv/bin/python benchmarks/pretrain_throughput.py \\
+        --steps 1 --pairs 0 --profile 1 --out benchmarks/output/pretrain/throughput_profile.json
     # on a GPU (not measured here): whole-human shape in bf16
     .venv/bin/python benchmarks/pretrain_throughput.py --device cuda --precision bf16 \\
         --d-model 512 --n-layers 12 --n-heads 8 --d-hid 512 --batch-size 32
@@ -66,6 +69,7 @@ WORKER_ARGS = (
     "steps",
     "pairs",
     "threads",
+    "profile",
 )
 
 
@@ -311,6 +315,32 @@ def _step(module, opt, batch, objectives, autocast, sync) -> tuple[float, float,
     return time.perf_counter() - t, time.process_time() - c, float(out.loss)
 
 
+def _profile_step(module, opt, batch, objectives, autocast, sync, device) -> dict:
+    """Share of one step's self time spent in attention (SDPA) kernels, by profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        _step(module, opt, batch, objectives, autocast, sync)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    total = attention = 0.0
+    per_op = {}
+    for event in prof.key_averages():
+        t = float(getattr(event, attr, 0.0))
+        total += t
+        if "attention" in event.key or "sdpa" in event.key or "softmax" in event.key:
+            attention += t
+            per_op[event.key] = t / 1e6
+    return {
+        "total_s": total / 1e6,
+        "attention_s": attention / 1e6,
+        "attention_share": attention / total if total else float("nan"),
+        "attention_ops_s": per_op,
+    }
+
+
 def worker(args) -> dict:
     """One variant in this process: step times and peak memory."""
     import torch
@@ -333,6 +363,9 @@ def worker(args) -> dict:
             times.append(wall)
             cpu_times.append(cpu)
             losses.append(loss)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.profile:
+        times_profile = _profile_step(module, opt, batches[0], objectives, autocast, sync, device)
     result = {
         "variant": args.variant,
         "ratio": args.ratio,
@@ -348,8 +381,10 @@ def worker(args) -> dict:
         "batch_shapes": shapes,
         "parameters": int(sum(p.numel() for p in module.parameters())),
         "setup_rss_mb": setup_rss,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss,
     }
+    if args.profile:
+        result["profile"] = times_profile
     if device.type == "cuda":
         result["cuda_setup_allocated_mb"] = setup_cuda
         result["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -466,6 +501,12 @@ def main() -> None:
         default=4,
         help="timed step pairs of the paired (both variants in one process) run; 0: none",
     )
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        help="1: profile one extra step per own-process run (attention share of the time)",
+    )
     p.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 16))
     p.add_argument("--out", type=Path, default=None)
     # internal
@@ -517,7 +558,13 @@ def main() -> None:
                 f"steps {[round(x, 2) for x in res['step_seconds']]} s, load "
                 f"{[round(x, 1) for x in res['load_average_before_after']]}, peak RSS "
                 f"{res['peak_rss_mb']:.0f} MiB (setup {res['setup_rss_mb']:.0f})"
-                + (f", CUDA peak {cuda:.0f} MiB" if cuda is not None else ""),
+                + (f", CUDA peak {cuda:.0f} MiB" if cuda is not None else "")
+                + (
+                    f", attention {100 * res['profile']['attention_share']:.0f}% of a "
+                    "profiled step"
+                    if "profile" in res
+                    else ""
+                ),
                 flush=True,
             )
         if args.pairs > 0:

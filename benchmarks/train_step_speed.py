@@ -5,7 +5,8 @@ fixed seed and its ``state_dict`` is loaded into our module (``read_state_dict``
 ``infer_architecture`` + ``load_into_module``). Both then train on the *same* token batch
 (same gene ids, values, padding and masked positions) with the same step: forward, GEP +
 GEPC loss (masked MSE of the expression and MVC heads at the masked positions, the official
-tutorial loss), backward, gradient clipping at 1.0 and an Adam step (lr 1e-4), float32,
+tutorial loss), backward, gradient clipping at 1.0 and an Adam step (lr 1e-4; ours: the
+fused Adam of ``SCGPTTrainingPlan``), float32,
 dropout 0. Each side runs in its own subprocess (``benchmarks/_train_step_worker.py``): 2
 warm-up steps, then ``--steps`` timed steps; reported are the median seconds per step, the
 non-padding tokens per second and the peak RSS (``ru_maxrss``).
@@ -233,9 +234,11 @@ def results_section(payload: dict) -> str:
         f"{payload['scgpt']}; run {payload['date']}.",
         "",
         "One training step on the same batch with the same weights: forward, GEP + GEPC "
-        "masked-MSE loss (mask ratio 0.4), backward, `clip_grad_norm_(1.0)`, Adam step; "
-        "float32, dropout 0. Official: `scgpt.model.TransformerModel(..., "
-        "use_fast_transformer=False)` + `scgpt.loss.masked_mse_loss`; ours: "
+        "masked-MSE loss (mask ratio 0.4), backward, `clip_grad_norm_(1.0)`, Adam step "
+        "(official: `torch.optim.Adam` as its tutorials build it; ours: the fused Adam that "
+        "`SCGPTTrainingPlan` builds, same update); float32, dropout 0. Official: "
+        "`scgpt.model.TransformerModel(..., use_fast_transformer=False)` + "
+        "`scgpt.loss.masked_mse_loss`; ours: "
         "`SCGPTModule(tensors, loss_kwargs={'objectives': ObjectiveConfig(gep=True, "
         "gepc=True)})` (inference + generative + loss, as the training plan calls it). "
         f"Model {payload['shape_desc']}, census vocabulary ({payload['n_tokens']:,} tokens; "

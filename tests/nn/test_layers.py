@@ -110,3 +110,76 @@ def test_dsbn_per_cell_domains_match_single_domain_batches():
         torch.testing.assert_close(mixed[rows], alone)
     with pytest.raises(ValueError, match="Domain labels"):
         dsbn(x, torch.tensor([0, 1, 2, 0, 1]))
+
+
+def test_attention_dropout_separate_from_dropout():
+    from scvi_scgpt.module import ArchitectureConfig, SCGPTModule
+
+    torch.manual_seed(3)
+    layer = TransformerEncoderLayer(16, 2, 16, dropout=0.5, attention_dropout=0.0).train()
+    assert layer.self_attn.dropout == 0.0 and layer.dropout.p == 0.5
+    # no randomness left inside attention: two training passes of the attention agree
+    x = torch.randn(2, 6, 16)
+    torch.testing.assert_close(layer.self_attn(x), layer.self_attn(x))
+    module = SCGPTModule(
+        ArchitectureConfig(
+            n_tokens=10, pad_id=9, d_model=16, n_heads=2, d_hid=16, n_layers=1, dropout=0.3
+        )
+    )
+    assert module.transformer_encoder.layers[0].self_attn.dropout == 0.3  # official default
+    with pytest.raises(ValueError, match="attention_dropout"):
+        ArchitectureConfig(n_tokens=10, pad_id=9, attention_dropout=1.5)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("cls_only", [False, True])
+def test_packed_encoder_matches_padded(norm_first, cls_only):
+    torch.manual_seed(4)
+    enc = TransformerEncoder(
+        3, d_model=16, n_heads=4, d_hid=24, dropout=0.0, norm_first=norm_first
+    ).eval()
+    x = torch.randn(4, 11, 16, requires_grad=True)
+    mask = torch.zeros(4, 11, dtype=torch.bool)
+    mask[0, 5:] = True
+    mask[2, 2:] = True
+    mask[3, 8:] = True
+    padded = enc(x, mask, cls_only=cls_only, packed=False)
+    packed = enc(x, mask, cls_only=cls_only, packed=True)
+    keep = ~mask[:, : padded.shape[1]]
+    torch.testing.assert_close(packed[keep], padded[keep], atol=1e-5, rtol=1e-5)
+    if not cls_only:
+        assert torch.all(packed[mask] == 0)
+    # gradients of the real tokens agree too
+    (g_pad,) = torch.autograd.grad(padded[keep].square().sum(), x)
+    (g_pack,) = torch.autograd.grad(packed[keep].square().sum(), x)
+    torch.testing.assert_close(g_pack[~mask], g_pad[~mask], atol=1e-5, rtol=1e-4)
+    # the default packs when padding exceeds the threshold
+    torch.testing.assert_close(enc(x, mask, cls_only=cls_only), packed)
+
+
+def test_packed_flash_path_uses_cu_seqlens(monkeypatch):
+    """Packed attention hands flash-attn the real tokens and cumulative lengths directly."""
+    seen = {}
+
+    def reference_varlen(qkv, cu_seqlens, max_len, dropout):
+        seen.update(n=qkv.shape[0], cu=cu_seqlens.tolist(), max_len=max_len)
+        out = torch.empty_like(qkv[:, 0])
+        for s, e in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
+            q, k, v = qkv[s:e].permute(1, 2, 0, 3)  # (H, n, Dh)
+            out[s:e] = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(0, 1)
+        return out
+
+    torch.manual_seed(5)
+    enc = TransformerEncoder(2, d_model=16, n_heads=2, d_hid=16, dropout=0.0).eval()
+    x = torch.randn(3, 7, 16)
+    mask = torch.zeros(3, 7, dtype=torch.bool)
+    mask[1, 3:] = True
+    mask[2, 6:] = True
+    expected = enc(x, mask, packed=False)
+    monkeypatch.setattr(attention, "_flash_varlen", reference_varlen)
+    for layer in enc.layers:
+        monkeypatch.setattr(layer.self_attn, "_flash_applies", lambda qkv: True)
+    got = enc(x, mask, packed=True)
+    assert seen == {"n": 16, "cu": [0, 7, 10, 16], "max_len": 7}
+    keep = ~mask
+    torch.testing.assert_close(got[keep], expected[keep], atol=1e-5, rtol=1e-5)

@@ -110,6 +110,56 @@ def test_streaming_pretraining_checkpoint_and_resume(files, tmp_path):
     assert model.trainer.current_epoch == 2
 
 
+def test_streaming_cosine_schedule_spans_the_whole_run(files):
+    """Lightning cannot count a stream's batches; the schedule must still span all steps."""
+    from lightning.pytorch import Callback
+
+    class RecordLr(Callback):
+        def __init__(self):
+            self.lrs = []
+
+        def on_train_batch_start(self, trainer, *args):
+            self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    scvi.settings.seed = 0
+    vocab = GeneVocab.from_anndata_files(files)
+    dm = StreamingAnnDataModule(files, vocab, batch_size=32, block_size=64)
+    example = dm.example_adata()
+    SCGPT.setup_anndata(example)
+    model = SCGPT(
+        example,
+        vocab=vocab,
+        max_seq_len=32,
+        d_model=16,
+        n_heads=2,
+        d_hid=16,
+        n_layers=1,
+        dropout=0.0,
+    )
+    record = RecordLr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(
+            "pretrain",
+            datamodule=dm,
+            max_epochs=3,
+            lr=1e-2,
+            warmup_steps=2,
+            lr_schedule="cosine",
+            callbacks=[record],
+            **QUIET,
+        )
+    lrs = np.asarray(record.lrs)
+    steps = dm.steps_per_epoch()
+    assert len(lrs) == 3 * steps
+    assert lrs.max() == pytest.approx(1e-2, rel=0.05)
+    # cosine decay over all the steps: halfway down near the middle, still > 0 at the end
+    assert np.all(lrs[2:] > 0)
+    assert np.all(np.diff(lrs[2:]) <= 1e-12)
+    middle = lrs[2 + (len(lrs) - 2) // 2]
+    assert 0.3e-2 < middle < 0.7e-2
+
+
 def test_streaming_rejects_foreign_vocab(files):
     vocab = GeneVocab.from_anndata_files(files)
     dm = StreamingAnnDataModule(files, vocab, batch_size=32)

@@ -190,3 +190,51 @@ def test_train_input_errors():
     SCGPT.setup_anndata(lognorm, batch_key="batch")
     with pytest.raises(ValueError, match="raw counts"):
         SCGPT(lognorm, max_seq_len=64, **TINY).train("integration", n_top_genes=10)
+    with pytest.raises(ValueError, match="Unknown tokenizer"):
+        model.train("gep", max_epochs=1, tokenizer={"max_len": 10})
+    with pytest.raises(ValueError, match="no validation"):
+        model.train("gep", max_epochs=1, train_size=1.0, early_stopping=True)
+
+
+def test_train_on_all_cells_and_tokenizer_override():
+    adata = make_structured_counts(48)
+    SCGPT.setup_anndata(adata)
+    model = SCGPT(adata, max_seq_len=128, **TINY)
+    model.train(
+        "gep",
+        max_epochs=2,
+        batch_size=16,
+        train_size=1.0,
+        tokenizer={"max_seq_len": 17, "include_zero_genes": True},
+        **QUIET,
+    )
+    assert model.tokenizer_config.max_seq_len == 17
+    assert model.tokenizer_config.include_zero_genes
+    assert "validation_loss" not in model.history_
+    assert len(model.history_["train_loss"]) == 2
+    # the tokenizer chosen for training is kept for embedding and survives save/load
+    assert model.get_latent_representation().shape == (48, 32)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_fused_optimizer_matches_default(name):
+    from scvi_scgpt.train import make_optimizer
+
+    torch.manual_seed(0)
+    start = [torch.randn(50, 8), torch.randn(8)]
+    results = []
+    for fused in (True, False):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = make_optimizer(params, name, lr=1e-2, weight_decay=0.01, fused=fused)
+        assert bool(opt.defaults.get("fused")) is fused
+        for step in range(5):
+            for i, p in enumerate(params):
+                g = torch.sin(torch.arange(p.numel(), dtype=torch.float32) + step + i)
+                p.grad = g.reshape(p.shape)
+            opt.step()
+        results.append([p.detach() for p in params])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert make_optimizer([torch.nn.Parameter(torch.ones(2))]).defaults["fused"]
+    with pytest.raises(ValueError, match="optimizer"):
+        make_optimizer([torch.nn.Parameter(torch.ones(2))], "SGD")

@@ -256,6 +256,10 @@ class StreamingAnnDataModule(LightningDataModule):
             handle.file.close()
         return anndata.AnnData(rows, var=var.copy())
 
+    def steps_per_epoch(self) -> int:
+        """Training minibatches per epoch on each rank (known after :meth:`setup`)."""
+        return self.train_stream.steps_per_epoch(self.train_stream.epoch)
+
     def set_collate(self, collate: Callable[[dict], dict]) -> None:
         """Install the minibatch collator (done by ``SCGPT.train``)."""
         self.collate = collate

@@ -116,7 +116,8 @@ class SCGPT(ReferenceMappingMixin, GenerationMixin, BaseModelClass):
     **architecture
         Further :class:`~scvi_scgpt.module.ArchitectureConfig` options (``n_cls``,
         ``do_mvc``, ``explicit_zero_prob``, ``do_dab``, ``use_batch_labels``,
-        ``domain_spec_batchnorm``, ...).
+        ``domain_spec_batchnorm``, ...). For training on a CPU, ``attention_dropout=0.0``
+        keeps PyTorch's fused attention kernels (several times faster per step).
 
     Examples
     --------
@@ -286,6 +287,7 @@ class SCGPT(ReferenceMappingMixin, GenerationMixin, BaseModelClass):
         lr: float | None = None,
         objectives: ObjectiveConfig | dict | None = None,
         n_top_genes: int | None | Literal["preset"] = "preset",
+        tokenizer: dict | None = None,
         freeze: str | Sequence[str] | None = None,
         optimizer: Literal["Adam", "AdamW"] = "Adam",
         weight_decay: float | None = None,
@@ -337,6 +339,11 @@ class SCGPT(ReferenceMappingMixin, GenerationMixin, BaseModelClass):
         n_top_genes
             Highly variable genes to train (and embed) on; ``None`` for all vocabulary genes.
             Default: the preset's (1,200 for integration).
+        tokenizer
+            Changes to the preset's tokenization, as :class:`~scvi_scgpt.data.TokenizerConfig`
+            fields, e.g. ``{"max_seq_len": 512}`` for a smaller token budget on a CPU or
+            ``{"include_zero_genes": True}``. Applied after ``n_top_genes``; a ``max_seq_len``
+            below the number of selected genes plus ``<cls>`` samples genes per cell.
         freeze
             Parameters to freeze: ``"embeddings"`` (gene and value encoders, as the official
             ``freeze`` option), ``"transformer"`` (embeddings and transformer: heads only),
@@ -381,7 +388,7 @@ class SCGPT(ReferenceMappingMixin, GenerationMixin, BaseModelClass):
         if isinstance(objectives, dict):
             objectives = dataclasses.replace(preset.objectives, **objectives)
         objectives = objectives or preset.objectives
-        self._configure_for(objectives, preset, n_top_genes)
+        self._configure_for(objectives, preset, n_top_genes, tokenizer)
         if freeze is not None:
             self._freeze(freeze)
         collator_kwargs = {"cls_id": self.vocab_.cls_id, "pad_id": self.vocab_.pad_id}
@@ -437,7 +444,14 @@ class SCGPT(ReferenceMappingMixin, GenerationMixin, BaseModelClass):
             objectives=objectives,
             **(plan_kwargs or {}),
         )
-        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        has_validation = datamodule is not None or ((validation_size or 0) > 0 or train_size < 1.0)
+        if has_validation:
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        elif early_stopping:
+            raise ValueError(
+                "early_stopping monitors the validation loss, but train_size=1.0 leaves no "
+                "validation cells; use train_size < 1 or early_stopping=False."
+            )
         if "ddp" in str(trainer_kwargs.get("strategy", "")):
             # validation metrics made under inference_mode cannot be all-reduced in place
             trainer_kwargs.setdefault("inference_mode", False)
@@ -458,7 +472,7 @@ class SCGPT(ReferenceMappingMixin, GenerationMixin, BaseModelClass):
         self.training_task_ = {"task": task, "objectives": objectives.to_dict()}
         return runner()
 
-    def _configure_for(self, objectives, preset, n_top_genes) -> None:
+    def _configure_for(self, objectives, preset, n_top_genes, tokenizer_changes=None) -> None:
         """Add the heads and tokenizer settings the objectives need."""
         arch = dict(preset.architecture)
         if objectives.gepc:
@@ -501,6 +515,16 @@ class SCGPT(ReferenceMappingMixin, GenerationMixin, BaseModelClass):
             tokenizer["max_seq_len"] = max(
                 len(self.gene_subset_) + 1, tokenizer.get("max_seq_len", 0)
             )
+        if tokenizer_changes:
+            from scvi_scgpt.data import TokenizerConfig
+
+            known = {f.name for f in dataclasses.fields(TokenizerConfig)}
+            unknown = sorted(set(tokenizer_changes) - known)
+            if unknown:
+                raise ValueError(
+                    f"Unknown tokenizer setting(s) {unknown}; choose from {sorted(known)}."
+                )
+            tokenizer.update(tokenizer_changes)
         self._set_tokenizer(**tokenizer)
 
     def _rebuild_module(self, **changes) -> None:

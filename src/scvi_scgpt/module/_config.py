@@ -24,6 +24,10 @@ class ArchitectureConfig:
         ``nheads``, ``d_hid``, ``nlayers``).
     dropout
         Dropout everywhere (value encoder, attention, feed-forward).
+    attention_dropout
+        Dropout of the attention probabilities; ``None`` (default) uses ``dropout`` as the
+        official model does. ``0.0`` lets PyTorch use its fused attention kernels on a CPU,
+        which are several times faster in training than the kernel dropout needs.
     n_cls
         Classes of the ``cls_decoder`` head; ``0`` builds no classifier.
     n_layers_cls
@@ -64,6 +68,7 @@ class ArchitectureConfig:
     d_hid: int = 512
     n_layers: int = 12
     dropout: float = 0.2
+    attention_dropout: float | None = None
     n_cls: int = 0
     n_layers_cls: int = 3
     input_emb_style: InputEmbStyle = "continuous"
@@ -90,6 +95,10 @@ class ArchitectureConfig:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})."
             )
+        for name in ("dropout", "attention_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}.")
         if not 0 <= self.pad_id < self.n_tokens:
             raise ValueError(f"pad_id {self.pad_id} outside the vocabulary ({self.n_tokens}).")
         if self.input_emb_style not in ("continuous", "category", "scaling"):

@@ -66,6 +66,7 @@ class SCGPTModule(BaseModuleClass):
             n_heads=c.n_heads,
             d_hid=c.d_hid,
             dropout=c.dropout,
+            attention_dropout=c.attention_dropout,
             norm_first=c.pre_norm,
             use_flash=c.use_flash,
         )
@@ -177,8 +178,13 @@ class SCGPTModule(BaseModuleClass):
                 "gen_encoded": gen_encoded,
                 "gen_gene_embs": gen_gene_embs,
             }
-        cls_only = cls_only and self.config.cell_emb_style == "cls"
-        encoded = self.transformer_encoder(total, padding_mask, cls_only=cls_only)
+        cls_style = self.config.cell_emb_style == "cls"
+        cls_only = cls_only and cls_style
+        # pooled styles average over every position, padding included (official semantics),
+        # so they need the padded computation
+        encoded = self.transformer_encoder(
+            total, padding_mask, cls_only=cls_only, packed=None if cls_style else False
+        )
         return {
             "encoded": encoded,
             "cell_emb": self.cell_embedding(encoded, values, padding_mask),

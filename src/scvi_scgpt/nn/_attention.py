@@ -40,6 +40,46 @@ def keys_attention_mask(key_padding_mask: torch.Tensor | None) -> torch.Tensor |
     return (~key_padding_mask)[:, None, None, :]
 
 
+class PackedTokens:
+    """Where the real (non-padding) tokens of a padded ``(B, L)`` batch are.
+
+    Packed execution runs the per-token layers (projections, feed-forward, norms) on the
+    ``N`` real tokens only, which saves the work padding would cost.
+
+    Parameters
+    ----------
+    key_padding_mask
+        ``(B, L)`` bool, ``True`` at padding.
+    """
+
+    def __init__(self, key_padding_mask: torch.Tensor) -> None:
+        keep = ~key_padding_mask
+        self.shape = tuple(key_padding_mask.shape)
+        self.index = keep.flatten().nonzero().squeeze(1)
+        self.attn_mask = keep[:, None, None, :]
+        lengths = keep.sum(1, dtype=torch.int32)
+        self.cu_seqlens = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+        self._lengths = lengths
+
+    @property
+    def max_len(self) -> int:
+        """Longest sequence (flash-attn's ``max_seqlen``)."""
+        return int(self._lengths.max())
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, L, ...)`` -> ``(N, ...)`` real tokens, cell after cell."""
+        return x.flatten(0, 1).index_select(0, self.index)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, ...)`` -> ``(B, L, ...)`` with zeros at the padding."""
+        full = x.new_zeros((self.shape[0] * self.shape[1], *x.shape[1:]))
+        return full.index_copy(0, self.index, x).unflatten(0, self.shape)
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """Alias of :meth:`pack` for outputs of padded computations."""
+        return self.pack(x)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention over ``(B, L, d)`` inputs.
 
@@ -107,13 +147,7 @@ class SelfAttention(nn.Module):
         """
         dropout = self.dropout if self.training else 0.0
         qkv = self.project_qkv(x)
-        if (
-            query_index is None
-            and self.use_flash
-            and _FLASH_AVAILABLE
-            and qkv.is_cuda
-            and qkv.dtype in (torch.float16, torch.bfloat16)
-        ):
+        if query_index is None and self._flash_applies(qkv):
             return self.out_proj(self._flash_forward(qkv, key_padding_mask, dropout))
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
         if query_index is not None:
@@ -122,6 +156,34 @@ class SelfAttention(nn.Module):
             attn_mask = keys_attention_mask(key_padding_mask)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
         return self.out_proj(out.transpose(1, 2).flatten(2))
+
+    def _flash_applies(self, qkv: torch.Tensor) -> bool:
+        """flash-attn is wanted, installed, and takes this tensor (CUDA, half precision)."""
+        return (
+            self.use_flash
+            and _FLASH_AVAILABLE
+            and qkv.is_cuda
+            and qkv.dtype in (torch.float16, torch.bfloat16)
+        )
+
+    def packed_forward(self, x: torch.Tensor, tokens: PackedTokens) -> torch.Tensor:
+        """Attend over packed tokens: ``(N, d)`` real tokens of ``tokens`` -> ``(N, d)``.
+
+        The projections run on the real tokens only; the attention itself runs padded (SDPA)
+        or, with flash-attn on CUDA half precision, directly on the packed sequences.
+        """
+        dropout = self.dropout if self.training else 0.0
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        if self._flash_applies(qkv):
+            packed = qkv.unflatten(-1, (3, self.n_heads, self.head_dim))
+            out = _flash_varlen(packed, tokens.cu_seqlens, tokens.max_len, dropout)
+            return self.out_proj(out.flatten(1))
+        full = tokens.pad(qkv).unflatten(-1, (3, self.n_heads, self.head_dim))
+        q, k, v = full.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=tokens.attn_mask, dropout_p=dropout
+        )
+        return self.out_proj(tokens.unpad(out.transpose(1, 2).flatten(2)))
 
     def generative_forward(
         self,

@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from scvi_scgpt.nn._attention import SelfAttention, keys_attention_mask
+from scvi_scgpt.nn._attention import PackedTokens, SelfAttention, keys_attention_mask
+
+#: Share of padding above which the encoder runs packed (see ``TransformerEncoder``).
+PACKING_MIN_PADDING = 0.1
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -22,12 +25,16 @@ class TransformerEncoderLayer(nn.Module):
         d_hid: int,
         dropout: float = 0.1,
         *,
+        attention_dropout: float | None = None,
         norm_first: bool = False,
         layer_norm_eps: float = 1e-5,
         use_flash: bool = True,
     ) -> None:
         super().__init__()
-        self.self_attn = SelfAttention(d_model, n_heads, dropout=dropout, use_flash=use_flash)
+        attention_dropout = dropout if attention_dropout is None else attention_dropout
+        self.self_attn = SelfAttention(
+            d_model, n_heads, dropout=attention_dropout, use_flash=use_flash
+        )
         self.linear1 = nn.Linear(d_model, d_hid)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(d_hid, d_model)
@@ -58,6 +65,14 @@ class TransformerEncoderLayer(nn.Module):
             return x + self._ffn(self.norm2(x))
         h = self.self_attn(x, key_padding_mask, **kwargs)
         x = self.norm1(residual + self.dropout1(h))
+        return self.norm2(x + self._ffn(x))
+
+    def packed_forward(self, x: torch.Tensor, tokens: PackedTokens) -> torch.Tensor:
+        """The layer on packed real tokens ``(N, d)`` (same result as :meth:`forward`)."""
+        if self.norm_first:
+            x = x + self.dropout1(self.self_attn.packed_forward(self.norm1(x), tokens))
+            return x + self._ffn(self.norm2(x))
+        x = self.norm1(x + self.dropout1(self.self_attn.packed_forward(x, tokens)))
         return self.norm2(x + self._ffn(x))
 
     def generative_forward(
@@ -101,19 +116,40 @@ class TransformerEncoder(nn.Module):
         key_padding_mask: torch.Tensor | None = None,
         *,
         cls_only: bool = False,
+        packed: bool | None = None,
     ) -> torch.Tensor:
         """Run all layers.
 
         With ``cls_only`` the last layer computes position 0 only and ``(B, 1, d)`` is returned,
         which gives the same CLS output with less work.
+
+        With ``packed`` (default: when more than ``PACKING_MIN_PADDING`` of the positions are
+        padding) the per-token layers run on the real tokens only. Real positions get the
+        same outputs either way (up to float rounding); padding positions of a packed run are
+        zeros, so use it only where padding outputs are ignored (``<cls>`` embeddings, masked
+        losses).
         """
         last = len(self.layers) - 1
         attn_mask = keys_attention_mask(key_padding_mask)
         if attn_mask is None:
             key_padding_mask = None
-        for i, layer in enumerate(self.layers):
+        if packed is None:
+            packed = (
+                key_padding_mask is not None
+                and float(key_padding_mask.float().mean()) > PACKING_MIN_PADDING
+            )
+        n_packed = 0
+        if packed and key_padding_mask is not None:
+            n_packed = last if cls_only else last + 1
+        if n_packed:
+            tokens = PackedTokens(key_padding_mask)
+            h = tokens.pack(x)
+            for layer in self.layers[:n_packed]:
+                h = layer.packed_forward(h, tokens)
+            x = tokens.pad(h)
+        for i in range(n_packed, last + 1):
             query = 0 if cls_only and i == last else None
-            x = layer(x, key_padding_mask, attn_mask=attn_mask, query_index=query)
+            x = self.layers[i](x, key_padding_mask, attn_mask=attn_mask, query_index=query)
         return x
 
     def generative_forward(

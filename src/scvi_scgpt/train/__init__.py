@@ -10,7 +10,7 @@ from scvi_scgpt.train._collate import (
     split_generated,
 )
 from scvi_scgpt.train._config import PRESETS, ObjectiveConfig, TaskPreset
-from scvi_scgpt.train._trainingplan import SCGPTTrainingPlan
+from scvi_scgpt.train._trainingplan import SCGPTTrainingPlan, make_optimizer
 
 __all__ = [
     "AtomicCheckpoint",
@@ -20,6 +20,7 @@ __all__ = [
     "SCGPTTrainingPlan",
     "TaskPreset",
     "TokenCollator",
+    "make_optimizer",
     "mask_values",
     "split_generated",
 ]
