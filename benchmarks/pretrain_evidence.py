@@ -78,7 +78,7 @@ def _read_source(file: str, how: str):
     return anndata.read_h5ad(DATA / file)
 
 
-def write_corpus(out_dir: Path, val_frac: float, seed: int) -> dict:
+def write_corpus(out_dir: Path, val_frac: float, seed: int, sources: list[str]) -> dict:
     """Write train / validation .h5ad files per source; return their paths and sizes."""
     import anndata
     import scipy.sparse as sp
@@ -86,7 +86,8 @@ def write_corpus(out_dir: Path, val_frac: float, seed: int) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     info = {"train": [], "validation": [], "sources": {}}
     rng = np.random.default_rng(seed)
-    for name, (file, how) in SOURCES.items():
+    for name in sources:
+        file, how = SOURCES[name]
         src = _read_source(file, how)
         x = src.X
         x = sp.csr_matrix(x, dtype=np.float32) if not sp.issparse(x) else x.tocsr()
@@ -410,6 +411,13 @@ def main() -> None:
         default=0,
         help="kNN evaluation of the held-out set every N epochs (0: about 10 in all)",
     )
+    p.add_argument(
+        "--sources",
+        nargs="+",
+        default=list(SOURCES),
+        choices=list(SOURCES),
+        help="pretraining files (default: every offline human file but the held-out pbmc68k)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=OUT)
@@ -433,7 +441,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     # ---- corpus and vocabulary
-    corpus = write_corpus(args.out / "data", val_frac=0.1, seed=args.seed)
+    corpus = write_corpus(args.out / "data", val_frac=0.1, seed=args.seed, sources=args.sources)
     vocab = GeneVocab.from_anndata_files(corpus["train"])
     print(f"corpus: {json.dumps(corpus['sources'])}", flush=True)
     print(f"vocabulary: {len(vocab):,} tokens", flush=True)
@@ -447,7 +455,7 @@ def main() -> None:
     labels = pbmc.obs[LABEL_KEY].astype(str).to_numpy()
     overlap = {
         name: int(np.isin(pbmc.var_names, anndata.read_h5ad(f, backed="r").var_names).sum())
-        for name, f in zip(SOURCES, corpus["train"])
+        for name, f in zip(args.sources, corpus["train"])
     }
 
     dm = StreamingAnnDataModule(

@@ -183,3 +183,22 @@ def test_packed_flash_path_uses_cu_seqlens(monkeypatch):
     assert seen == {"n": 16, "cu": [0, 7, 10, 16], "max_len": 7}
     keep = ~mask
     torch.testing.assert_close(got[keep], expected[keep], atol=1e-5, rtol=1e-5)
+
+
+def test_packed_tokens_buckets_round_trip_and_match_padded_attention():
+    torch.manual_seed(6)
+    lengths = torch.tensor([3, 9, 1, 7, 7, 2, 9, 5, 4])
+    mask = torch.arange(9)[None, :] >= lengths[:, None]
+    tokens = attention.PackedTokens(mask, max_buckets=4)
+    assert len(tokens.buckets) == 4
+    # each bucket is padded to its own longest cell only
+    widths = sorted(index.shape[1] for index, _, _ in tokens.buckets)
+    assert widths == [3, 5, 7, 9]
+    x = torch.randn(9, 9, 6)
+    packed = tokens.pack(x)
+    assert packed.shape[0] == int(lengths.sum())
+    torch.testing.assert_close(tokens.unbucket(tokens.bucketed(packed)), packed)
+    attn = attention.SelfAttention(6, 2).eval()
+    expected = attn(x, mask)
+    got = tokens.pad(attn.packed_forward(packed, tokens))
+    torch.testing.assert_close(got[~mask], expected[~mask], atol=1e-5, rtol=1e-5)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scvi_scgpt.nn._attention import SelfAttention, flash_attn_available
+from scvi_scgpt.nn._attention import PackedTokens, SelfAttention, flash_attn_available
 from scvi_scgpt.nn._dsbn import DomainSpecificBatchNorm1d
 from scvi_scgpt.nn._encoders import (
     BatchLabelEncoder,
@@ -29,6 +29,7 @@ __all__ = [
     "ExprDecoder",
     "GeneEncoder",
     "MVCDecoder",
+    "PackedTokens",
     "SelfAttention",
     "TransformerEncoder",
     "TransformerEncoderLayer",

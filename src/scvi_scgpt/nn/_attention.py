@@ -40,26 +40,59 @@ def keys_attention_mask(key_padding_mask: torch.Tensor | None) -> torch.Tensor |
     return (~key_padding_mask)[:, None, None, :]
 
 
+#: Most length buckets attention is split into in packed execution without flash-attn.
+MAX_LENGTH_BUCKETS = 4
+
+
 class PackedTokens:
     """Where the real (non-padding) tokens of a padded ``(B, L)`` batch are.
 
     Packed execution runs the per-token layers (projections, feed-forward, norms) on the
-    ``N`` real tokens only, which saves the work padding would cost.
+    ``N`` real tokens only. Without flash-attn, attention runs on cells grouped into up to
+    ``max_buckets`` buckets of similar length, each padded to its own longest cell, which
+    saves most of the quadratic work the batch-wide padding would cost.
 
     Parameters
     ----------
     key_padding_mask
         ``(B, L)`` bool, ``True`` at padding.
+    max_buckets
+        Most length buckets for attention.
     """
 
-    def __init__(self, key_padding_mask: torch.Tensor) -> None:
+    def __init__(self, key_padding_mask: torch.Tensor, max_buckets: int = MAX_LENGTH_BUCKETS):
         keep = ~key_padding_mask
         self.shape = tuple(key_padding_mask.shape)
         self.index = keep.flatten().nonzero().squeeze(1)
-        self.attn_mask = keep[:, None, None, :]
-        lengths = keep.sum(1, dtype=torch.int32)
+        lengths = keep.sum(1)
         self.cu_seqlens = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
         self._lengths = lengths
+        self.buckets = self._length_buckets(lengths, max(int(max_buckets), 1))
+        order = torch.cat([index[valid] for index, valid, _ in self.buckets])
+        self._from_buckets = torch.argsort(order)
+
+    def _length_buckets(self, lengths: torch.Tensor, max_buckets: int) -> list:
+        """``(token index (nb, Lb), valid (nb, Lb), key mask)`` per bucket of similar lengths.
+
+        Token indices point into the packed ``(N, ...)`` array; padding slots point at row
+        ``N`` (a zero row appended before gathering). Each bucket also carries its SDPA key
+        mask, ``None`` when it has no padding.
+        """
+        n_tokens = int(lengths.sum())
+        starts = self.cu_seqlens[:-1].long()
+        cells = torch.argsort(lengths, stable=True)
+        buckets = []
+        for group in torch.tensor_split(cells, min(max_buckets, len(cells))):
+            if len(group) == 0:
+                continue
+            lens = lengths[group]
+            width = int(lens.max())
+            pos = torch.arange(width, device=lengths.device)
+            valid = pos[None, :] < lens[:, None]
+            index = (starts[group][:, None] + pos[None, :]).masked_fill(~valid, n_tokens)
+            mask = None if int(lens.min()) == width else valid[:, None, None, :]
+            buckets.append((index, valid, mask))
+        return buckets
 
     @property
     def max_len(self) -> int:
@@ -75,9 +108,15 @@ class PackedTokens:
         full = x.new_zeros((self.shape[0] * self.shape[1], *x.shape[1:]))
         return full.index_copy(0, self.index, x).unflatten(0, self.shape)
 
-    def unpad(self, x: torch.Tensor) -> torch.Tensor:
-        """Alias of :meth:`pack` for outputs of padded computations."""
-        return self.pack(x)
+    def bucketed(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(N, ...)`` -> one ``(nb, Lb, ...)`` tensor per length bucket (zero padding)."""
+        extended = torch.cat([x, x.new_zeros((1, *x.shape[1:]))])
+        return [extended[index] for index, _, _ in self.buckets]
+
+    def unbucket(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Inverse of :meth:`bucketed`: per-bucket outputs -> ``(N, ...)``."""
+        flat = torch.cat([part[valid] for part, (_, valid, _) in zip(parts, self.buckets)])
+        return flat.index_select(0, self._from_buckets)
 
 
 class SelfAttention(nn.Module):
@@ -169,8 +208,8 @@ class SelfAttention(nn.Module):
     def packed_forward(self, x: torch.Tensor, tokens: PackedTokens) -> torch.Tensor:
         """Attend over packed tokens: ``(N, d)`` real tokens of ``tokens`` -> ``(N, d)``.
 
-        The projections run on the real tokens only; the attention itself runs padded (SDPA)
-        or, with flash-attn on CUDA half precision, directly on the packed sequences.
+        The projections run on the real tokens only; the attention runs per length bucket
+        (SDPA) or, with flash-attn on CUDA half precision, directly on the packed sequences.
         """
         dropout = self.dropout if self.training else 0.0
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
@@ -178,12 +217,12 @@ class SelfAttention(nn.Module):
             packed = qkv.unflatten(-1, (3, self.n_heads, self.head_dim))
             out = _flash_varlen(packed, tokens.cu_seqlens, tokens.max_len, dropout)
             return self.out_proj(out.flatten(1))
-        full = tokens.pad(qkv).unflatten(-1, (3, self.n_heads, self.head_dim))
-        q, k, v = full.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=tokens.attn_mask, dropout_p=dropout
-        )
-        return self.out_proj(tokens.unpad(out.transpose(1, 2).flatten(2)))
+        outputs = []
+        for part, (_, _, mask) in zip(tokens.bucketed(qkv), tokens.buckets):
+            q, k, v = part.unflatten(-1, (3, self.n_heads, self.head_dim)).permute(2, 0, 3, 1, 4)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            outputs.append(out.transpose(1, 2).flatten(2))
+        return self.out_proj(tokens.unbucket(outputs))
 
     def generative_forward(
         self,
