@@ -67,7 +67,8 @@ def test_ranks_read_disjoint_shards_with_equal_steps(files):
     assert not seen[0] & seen[1]
 
 
-def test_streaming_pretraining_checkpoint_and_resume(files, tmp_path):
+def _tiny_streaming_model(files, max_seq_len: int):
+    """A streaming datamodule over ``files`` and a one-layer model on its vocabulary."""
     scvi.settings.seed = 0
     vocab = GeneVocab.from_anndata_files(files)
     dm = StreamingAnnDataModule(files, vocab, batch_size=32, block_size=64)
@@ -76,13 +77,18 @@ def test_streaming_pretraining_checkpoint_and_resume(files, tmp_path):
     model = SCGPT(
         example,
         vocab=vocab,
-        max_seq_len=64,
+        max_seq_len=max_seq_len,
         d_model=16,
         n_heads=2,
         d_hid=16,
         n_layers=1,
         dropout=0.0,
     )
+    return dm, model
+
+
+def test_streaming_pretraining_checkpoint_and_resume(files, tmp_path):
+    dm, model = _tiny_streaming_model(files, max_seq_len=64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.train(
@@ -121,21 +127,7 @@ def test_streaming_cosine_schedule_spans_the_whole_run(files):
         def on_train_batch_start(self, trainer, *args):
             self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    scvi.settings.seed = 0
-    vocab = GeneVocab.from_anndata_files(files)
-    dm = StreamingAnnDataModule(files, vocab, batch_size=32, block_size=64)
-    example = dm.example_adata()
-    SCGPT.setup_anndata(example)
-    model = SCGPT(
-        example,
-        vocab=vocab,
-        max_seq_len=32,
-        d_model=16,
-        n_heads=2,
-        d_hid=16,
-        n_layers=1,
-        dropout=0.0,
-    )
+    dm, model = _tiny_streaming_model(files, max_seq_len=32)
     record = RecordLr()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
