@@ -8,6 +8,7 @@ half precision and flash-attn installed, the variable-length flash kernel is use
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 
@@ -64,25 +65,25 @@ class PackedTokens:
         keep = ~key_padding_mask
         self.shape = tuple(key_padding_mask.shape)
         self.index = keep.flatten().nonzero().squeeze(1)
-        lengths = keep.sum(1)
-        self.cu_seqlens = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
-        self._lengths = lengths
-        self.buckets = self._length_buckets(lengths, max(int(max_buckets), 1))
-        order = torch.cat([index[valid] for index, valid, _ in self.buckets])
-        self._from_buckets = torch.argsort(order)
+        self._lengths = keep.sum(1)
+        self.cu_seqlens = F.pad(self._lengths.cumsum(0, dtype=torch.int32), (1, 0))
+        self.max_buckets = max(int(max_buckets), 1)
 
-    def _length_buckets(self, lengths: torch.Tensor, max_buckets: int) -> list:
+    @functools.cached_property
+    def buckets(self) -> list:
         """``(token index (nb, Lb), valid (nb, Lb), key mask)`` per bucket of similar lengths.
 
-        Token indices point into the packed ``(N, ...)`` array; padding slots point at row
-        ``N`` (a zero row appended before gathering). Each bucket also carries its SDPA key
-        mask, ``None`` when it has no padding.
+        Built on first use (the flash-attn path never needs them). Token indices point into
+        the packed ``(N, ...)`` array; padding slots point at row ``N`` (a zero row appended
+        before gathering). Each bucket also carries its SDPA key mask, ``None`` when it has no
+        padding.
         """
+        lengths = self._lengths
         n_tokens = int(lengths.sum())
         starts = self.cu_seqlens[:-1].long()
         cells = torch.argsort(lengths, stable=True)
         buckets = []
-        for group in torch.tensor_split(cells, min(max_buckets, len(cells))):
+        for group in torch.tensor_split(cells, min(self.max_buckets, len(cells))):
             if len(group) == 0:
                 continue
             lens = lengths[group]
@@ -112,6 +113,11 @@ class PackedTokens:
         """``(N, ...)`` -> one ``(nb, Lb, ...)`` tensor per length bucket (zero padding)."""
         extended = torch.cat([x, x.new_zeros((1, *x.shape[1:]))])
         return [extended[index] for index, _, _ in self.buckets]
+
+    @functools.cached_property
+    def _from_buckets(self) -> torch.Tensor:
+        order = torch.cat([index[valid] for index, valid, _ in self.buckets])
+        return torch.argsort(order)
 
     def unbucket(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """Inverse of :meth:`bucketed`: per-bucket outputs -> ``(N, ...)``."""
@@ -294,17 +300,11 @@ class SelfAttention(nn.Module):
         return out_k, out_g
 
     def _flash_forward(self, qkv, key_padding_mask, dropout):
-        batch, length = qkv.shape[:2]
         if key_padding_mask is None:
-            key_padding_mask = torch.zeros(batch, length, dtype=torch.bool, device=qkv.device)
-        keep = ~key_padding_mask
-        lengths = keep.sum(1, dtype=torch.int32)
-        cu_seqlens = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
-        packed = qkv[keep]  # (total, 3, H, Dh)
-        out = _flash_varlen(packed, cu_seqlens, int(lengths.max()), dropout)
-        full = out.new_zeros(batch, length, self.n_heads, self.head_dim)
-        full[keep] = out
-        return full.flatten(2)
+            key_padding_mask = torch.zeros(qkv.shape[:2], dtype=torch.bool, device=qkv.device)
+        tokens = PackedTokens(key_padding_mask)
+        out = _flash_varlen(tokens.pack(qkv), tokens.cu_seqlens, tokens.max_len, dropout)
+        return tokens.pad(out).flatten(2)
 
     def attention_scores(
         self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None
