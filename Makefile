@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: venv demo test lint bench parity-fixtures clean
+.PHONY: venv demo test docs tutorials lint bench parity-fixtures clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +15,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	@touch $(STAMP)
 
+# The docs extra on top of the base install (so torch is already the CPU build).
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e ".[docs]"
+	@touch $(DOCS_STAMP)
+
 venv: $(STAMP)
 
 demo: $(STAMP)
@@ -21,6 +27,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Re-run the tutorials and store their outputs (the docs render the stored outputs).
+tutorials: $(DOCS_STAMP)
+	MPLBACKEND=Agg $(PY) scripts/execute_tutorials.py
+
+# Warnings are errors. Notebooks render from their stored outputs and are never executed.
+docs: $(DOCS_STAMP)
+	@# Stubs are regenerated from `__all__` every time: a stale one would fail the build.
+	rm -rf docs/generated
+	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks scripts
@@ -35,4 +51,4 @@ parity-fixtures:
 	.official-venv/bin/python scripts/make_parity_fixtures.py
 
 clean:
-	rm -rf demo_output .pytest_cache
+	rm -rf demo_output .pytest_cache docs/_build docs/generated

@@ -1,6 +1,6 @@
 """Write a random-weight scGPT model directory in the official format (our ``save_pretrained``).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/_make_model.py --out DIR --d-model 128 \
+    .venv/bin/python benchmarks/_make_model.py --out DIR --d-model 128 \
         --n-layers 4 --n-heads 4 --d-hid 128 --seed 0
 
 The model uses the 60,697-token census vocabulary, ``n_cls=1`` and ``do_mvc=True`` (the heads
@@ -14,14 +14,13 @@ import json
 import warnings
 from pathlib import Path
 
+import _harness as h
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--d-model", type=int, required=True)
-    p.add_argument("--n-layers", type=int, required=True)
-    p.add_argument("--n-heads", type=int, required=True)
-    p.add_argument("--d-hid", type=int, required=True)
+    h.add_shape_args(p)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
@@ -63,7 +62,7 @@ def main() -> None:
         "n_parameters": int(n_params),
         "n_tensors": len(model.module.state_dict()),
     }
-    (Path(args.out) / "benchmark_model.json").write_text(json.dumps(info, indent=2))
+    h.write_json(Path(args.out) / "benchmark_model.json", info)
     print(json.dumps(info))
 
 

@@ -28,18 +28,15 @@ Each side runs in its own process; the peak resident memory is ``ru_maxrss``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _bench_common as bc  # noqa: E402
+import _harness as h
+import _measure as m
 
 LR = 1e-4
 EPS = 1e-8
@@ -94,18 +91,27 @@ def _official(case: dict, batch, weights: Path, torch):
 def _ours(case: dict, batch, weights: Path, torch):
     """Load the official weights into our SCGPTModule, return (module, step_fn)."""
     from scvi_scgpt.data import GeneVocab
-    from scvi_scgpt.model._checkpoint import infer_architecture, load_into_module, read_state_dict
-    from scvi_scgpt.module import SCGPTModule
-    from scvi_scgpt.train import ObjectiveConfig
+    from scvi_scgpt.model import load_into_module, read_state_dict
+    from scvi_scgpt.module import (
+        ObjectiveConfig,
+        SCGPTModule,
+        infer_architecture,
+        to_torch_layout,
+    )
 
     vocab = GeneVocab.census()
     assert len(vocab) == case["n_tokens"] and vocab.pad_id == case["pad_id"]
-    state = read_state_dict(weights)
+    state, renamed = to_torch_layout(read_state_dict(weights))
     config = infer_architecture(
-        state, {"nheads": case["n_heads"]}, vocab, dropout=0.0, use_flash=False
+        state,
+        {"nheads": case["n_heads"]},
+        n_tokens=len(vocab),
+        pad_id=vocab.pad_id,
+        dropout=0.0,
+        use_flash=False,
     )
     module = SCGPTModule(config)
-    audit = load_into_module(module, state)
+    audit = load_into_module(module, state, renamed=renamed)
     assert not audit.unexpected and not audit.initialised and not audit.mismatched, audit
     module.train()
     tensors = {
@@ -134,7 +140,7 @@ def main() -> None:
     p.add_argument("--precision", choices=("32", "bf16"), default="32")
     args = p.parse_args()
 
-    case = json.loads(Path(args.case).read_text())
+    case = h.read_json(args.case)
     import numpy as np
     import torch
 
@@ -158,11 +164,11 @@ def main() -> None:
         # the official tutorials' torch.optim.Adam (PyTorch's default implementation)
         optimizer = torch.optim.Adam(params, lr=LR, eps=EPS)
     n_tokens = int((~batch["padding_mask"]).sum())
-    baseline_rss = bc.current_rss_mb()
+    baseline_rss = m.current_rss_mb()
 
     steps = []
     n_total = case["n_warmup"] + case["n_steps"]
-    with bc.CpuContention() as contention:
+    with m.CpuContention() as contention:
         for i in range(n_total):
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
@@ -208,7 +214,7 @@ def main() -> None:
         "median_backward_s": statistics.median(s["backward_s"] for s in timed),
         "median_optimizer_s": statistics.median(s["optimizer_s"] for s in timed),
         "tokens_per_s": n_tokens / median,
-        "peak_rss_mb": bc.rusage_peaks_mb()["peak_rss_self_mb"],
+        "peak_rss_mb": m.rusage_peaks_mb()["peak_rss_self_mb"],
         "baseline_rss_mb": baseline_rss,
         **contention.report(),
         "steps": steps,
@@ -222,7 +228,7 @@ def main() -> None:
         import scgpt
 
         result["scgpt"] = scgpt.__version__
-    bc.write_json(args.out_json, result)
+    h.write_json(args.out_json, result)
     print(
         f"{args.side:8s} {case['name']} ({args.precision}): median {median:.3f} s/step, "
         f"{result['tokens_per_s']:,.0f} tokens/s, peak RSS {result['peak_rss_mb']:.0f} MiB",

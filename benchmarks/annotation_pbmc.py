@@ -2,13 +2,14 @@
 
     flock /tmp/scvi_scgpt_cpu.lock .venv/bin/python benchmarks/annotation_pbmc.py
 
-Data: ``/work/shared/data/pbmc68k_700_counts.h5ad`` (700 cells x 765 HVGs, integer counts,
-``obs.bulk_labels``: 10 cell types). For each of 5 seeds a stratified 70/30 train/test split
-is drawn (every class keeps at least one training cell and, with two or more cells, at least
-one test cell). All methods see the same splits:
+Data: ``pbmc68k_700_counts.h5ad``, bundled as ``scvi_scgpt.datasets.pbmc68k_700()`` (700 cells
+x 765 HVGs, integer counts, ``obs.bulk_labels``: 10 cell types). For each of ``--splits`` seeds
+(``--seed``, ``--seed`` + 1, ...; default 0-4) a stratified 70/30 train/test split is drawn
+(every class keeps at least one training cell and, with two or more cells, at least one test
+cell). All methods see the same splits:
 
-- **SCGPT**: a small transformer (d_model 64, 4 layers, 4 heads, d_hid 128, dropout 0.1;
-  ``attention_dropout=0`` so PyTorch's fused CPU attention kernels run) trained from
+- **SCGPT**: a small transformer (``_harness.D64``: d_model 64, 4 layers, 4 heads, d_hid 128,
+  dropout 0.1; ``attention_dropout=0`` so PyTorch's fused CPU attention kernels run) trained from
   scratch with ``train("annotation")`` on the counts (per-cell binned expressed genes).
   Hyper-parameters are chosen *per seed, inside its training set*: a stratified 80/20
   inner split, learning rates ``--lrs`` x up to ``--max-epochs`` epochs (step decay 0.9
@@ -17,7 +18,9 @@ one test cell). All methods see the same splits:
   set (``train_size=1.0``) and scored on the test set once. ``--fixed-lr`` / ``--fixed-epochs``
   skip the tuning. The recorded run used lr 1e-3 and 40 epochs for every seed: the inner
   tuning of seed 0 (its training cells only) picked the longest run it tried, 30 epochs at
-  lr 1e-3, and five tuned seeds did not fit in the CPU time available.
+  lr 1e-3, and five tuned seeds did not fit in the CPU time available. ``--defaults``
+  passes nothing but the task: ``train("annotation")`` with the preset's from-scratch
+  values, its 90/10 split of the training cells and the best validation epoch restored.
 - **LR**: L1 logistic regression (multinomial, saga) on log-normalised (1e4, log1p) and
   standardised genes (all 765 are HVGs); C from a 3-fold stratified inner CV (macro-F1) on
   the training set.
@@ -25,33 +28,18 @@ one test cell). All methods see the same splits:
   standardised genes; scaler and PCA fit on the training set only.
 
 Writes ``benchmarks/output/annotation/results.json`` and confusion-matrix PNGs, and prints a
-markdown table.
+markdown table. ``--quick``: one split, 2 epochs at lr 1e-3, C = 1 (a smoke run).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
+import _harness as h
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _eval_common import (  # noqa: E402
-    DATA_DIR,
-    OUTPUT_DIR,
-    log_normalize,
-    machine_info,
-    markdown_table,
-    mean_sd,
-    quiet_warnings,
-    set_threads,
-    write_json,
-)
-
 LABEL_KEY = "bulk_labels"
-OUT = OUTPUT_DIR / "annotation"
+QUICK = {"splits": 1, "fixed_lr": 1e-3, "fixed_epochs": 2, "c_grid": [1.0]}
 
 
 def stratified_split(labels: np.ndarray, test_frac: float, seed: int):
@@ -79,17 +67,14 @@ def scores(y_true, y_pred) -> dict:
     }
 
 
+def mean_sd(values) -> str:
+    """``mean ± sd`` (sample sd, ddof=1) with 3 decimals."""
+    v = np.asarray(values, dtype=float)
+    sd = v.std(ddof=1) if len(v) > 1 else 0.0
+    return f"{v.mean():.3f} ± {sd:.3f}"
+
+
 # ----------------------------------------------------------------------------- SCGPT
-ARCH = {
-    "d_model": 64,
-    "n_heads": 4,
-    "d_hid": 128,
-    "n_layers": 4,
-    "dropout": 0.1,
-    "attention_dropout": 0.0,
-}
-
-
 def _new_scgpt(adata, seed: int):
     import scvi
 
@@ -97,7 +82,7 @@ def _new_scgpt(adata, seed: int):
 
     scvi.settings.seed = seed
     SCGPT.setup_anndata(adata, labels_key=LABEL_KEY)
-    return SCGPT(adata, max_seq_len=1201, **ARCH)
+    return SCGPT(adata, max_seq_len=1201, **h.D64)
 
 
 def _make_eval_callback(model, val_adata, y_val, every: int, curve: list):
@@ -160,6 +145,8 @@ def run_scgpt(adata, train, test, seed, args):
     a_train = adata[train].copy()
     a_test = adata[test].copy()
     t0 = time.perf_counter()
+    if args.defaults:
+        return _run_scgpt_defaults(a_train, a_test, seed)
     if args.fixed_lr is not None:
         choice = {"lr": args.fixed_lr, "epochs": args.fixed_epochs, "curves": None}
     else:
@@ -192,6 +179,37 @@ def run_scgpt(adata, train, test, seed, args):
         "fit_s": t_fit,
         "predict_s": t_pred,
         "final_cls_train_loss": final_loss,
+        "n_params": int(sum(p.numel() for p in model.module.parameters())),
+    }
+
+
+def _run_scgpt_defaults(a_train, a_test, seed):
+    """``train("annotation")`` with no value given: the defaults a new user gets."""
+    from scvi_scgpt import SCGPT
+
+    model = _new_scgpt(a_train, seed)
+    t0 = time.perf_counter()
+    model.train("annotation", enable_progress_bar=False, enable_checkpointing=False)
+    t_fit = time.perf_counter() - t0
+    SCGPT.setup_anndata(a_test)
+    t0 = time.perf_counter()
+    pred = np.asarray(model.predict(a_test, batch_size=128)).astype(str)
+    t_pred = time.perf_counter() - t0
+    task = model.training_task_
+    values = task["hyperparameters"]
+    return pred, {
+        "choice": {
+            "lr": values["lr"],
+            "epochs": values["max_epochs"],
+            "defaults": True,
+            "regime": task["regime"],
+            "hyperparameters": values,
+            "best_epoch": task.get("best_epoch"),
+            "trivial_check": task.get("trivial_check"),
+        },
+        "tune_s": 0.0,
+        "fit_s": t_fit,
+        "predict_s": t_pred,
         "n_params": int(sum(p.numel() for p in model.module.parameters())),
     }
 
@@ -246,51 +264,21 @@ def run_knn(x_train, y_train, x_test, seed, k=15, n_pcs=50):
     return pred, {"k": k, "n_pcs": n_pcs, "fit_s": time.perf_counter() - t0}
 
 
-# ----------------------------------------------------------------------------- plots
-def plot_confusion(y_true, y_pred, classes, title, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import confusion_matrix
-
-    cm = confusion_matrix(y_true, y_pred, labels=classes)
-    frac = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(8.5, 7.5))
-    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            if cm[i, j]:
-                ax.text(
-                    j,
-                    i,
-                    str(cm[i, j]),
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if frac[i, j] > 0.5 else "black",
-                )
-    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(classes)), classes, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true (row-normalised colour, counts in cells)")
-    ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-
-
 # ----------------------------------------------------------------------------- main
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--test-frac", type=float, default=0.3)
+    p = h.parser(__doc__, "annotation", quick_help="one split, 2 epochs, C = 1 (a smoke run)")
+    h.add_options(
+        p,
+        splits=(5, "train/test splits (seeds from --seed)"),
+        test_frac=0.3,
+    )
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-4])
-    p.add_argument("--max-epochs", type=int, default=40)
-    p.add_argument("--eval-every", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=32)
+    h.add_options(
+        p,
+        max_epochs=40,
+        eval_every=2,
+        batch_size=32,
+    )
     p.add_argument(
         "--fixed-lr",
         type=float,
@@ -298,21 +286,25 @@ def main() -> None:
         help="skip the inner tuning and train every seed with this lr and --fixed-epochs",
     )
     p.add_argument("--fixed-epochs", type=int, default=30)
+    p.add_argument(
+        "--defaults",
+        action="store_true",
+        help="train SCGPT with train('annotation') and no value given (the preset defaults)",
+    )
     p.add_argument("--c-grid", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3, 1.0])
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", type=Path, default=OUT)
-    args = p.parse_args()
+    args = h.parse(p, quick=QUICK)
+    args.seeds = list(range(args.seed, args.seed + args.splits))
 
-    quiet_warnings()
-    n_threads = set_threads(args.threads)
-    import anndata
+    h.setup_logging("annotation_pbmc")
+    from scvi_scgpt.pl import confusion_matrix
 
+    h.set_threads(args.threads)
     t_start = time.perf_counter()
-    adata = anndata.read_h5ad(DATA_DIR / "pbmc68k_700_counts.h5ad")
+    adata = h.read_dataset("pbmc68k_700_counts.h5ad")
     adata.obs[LABEL_KEY] = adata.obs[LABEL_KEY].astype(str).astype("category")
     y = adata.obs[LABEL_KEY].to_numpy().astype(str)
     classes = sorted(np.unique(y))
-    x_log = log_normalize(adata.X)
+    x_log = h.log_normalize(adata.X)
     print(f"{adata.n_obs} cells x {adata.n_vars} genes, {len(classes)} classes", flush=True)
 
     per_seed = []
@@ -358,26 +350,20 @@ def main() -> None:
         }
     best_baseline = max(("LR", "kNN"), key=lambda m: summary[m]["macro_f1_mean"])
     s0 = args.seeds[0]
-    plot_confusion(
-        preds0["y"],
-        preds0["SCGPT"],
-        classes,
-        f"SCGPT (from scratch), seed {s0} test set",
-        args.out / "confusion_scgpt_seed0.png",
-    )
-    plot_confusion(
-        preds0["y"],
-        preds0[best_baseline],
-        classes,
-        f"{best_baseline} (best baseline), seed {s0} test set",
-        args.out / f"confusion_{best_baseline.lower()}_seed0.png",
-    )
+    for method, title in (
+        ("SCGPT", "SCGPT (from scratch)"),
+        (best_baseline, f"{best_baseline} (best baseline)"),
+    ):
+        fig = confusion_matrix(
+            preds0["y"], preds0[method], classes=classes, title=f"{title}, seed {s0} test set"
+        )
+        h.save_figure(fig, args.out / f"confusion_{method.lower()}_seed0.png", dpi=130)
     names = {
-        "SCGPT": "SCGPT (from scratch, d64 x 4 layers)",
+        "SCGPT": "SCGPT (from scratch, d64 x 4 layers" + (", defaults)" if args.defaults else ")"),
         "LR": "L1 logistic regression",
         "kNN": "kNN (k=15, 50 PCs)",
     }
-    table = markdown_table(
+    table = h.markdown_table(
         ["method", "accuracy (mean ± sd)", "macro-F1 (mean ± sd)"],
         [[names[m], summary[m]["accuracy"], summary[m]["macro_f1"]] for m in methods],
     )
@@ -387,10 +373,7 @@ def main() -> None:
         "dataset": "pbmc68k_700_counts.h5ad",
         "label_key": LABEL_KEY,
         "class_counts": adata.obs[LABEL_KEY].value_counts().to_dict(),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "scgpt_architecture": ARCH,
-        "torch_threads": n_threads,
-        "machine": machine_info(),
+        "scgpt_architecture": h.D64,
         "per_seed": per_seed,
         "summary": summary,
         "best_baseline": best_baseline,
@@ -398,7 +381,7 @@ def main() -> None:
         "wall_s": wall,
         "markdown_table": table,
     }
-    write_json(args.out / "results.json", result)
+    h.write_results(args, result)
     print()
     print(table)
     print(f"\nSCGPT macro-F1 >= LR macro-F1: {met}; total {wall:.0f} s", flush=True)

@@ -2,101 +2,77 @@
 
 Both pipelines embed the same real cells with the same weights (random, fixed seed, written
 once in the official directory format by our ``save_pretrained``), batch size 64 and at most
-1,200 tokens per cell. Every measurement runs in a fresh subprocess that reads the h5ad and
-then times "AnnData in memory" -> "embeddings in memory", model loading included:
+1,200 tokens per cell. Every measurement runs in a fresh subprocess
+(``benchmarks/_embed_worker.py``) that reads the h5ad and then times "AnnData in memory" ->
+"embeddings in memory", model loading included:
 
 - ours: ``SCGPT.setup_anndata`` + ``SCGPT.from_pretrained`` + ``get_latent_representation``
-  (``benchmarks/_embed_worker_ours.py``, project venv);
+  (project venv);
 - official: ``scgpt.tasks.embed_data(..., use_fast_transformer=False)`` of ``scgpt==0.2.4``
-  (``benchmarks/_embed_worker_official.py``, ``.official-venv``).
+  (``.official-venv``).
 
 Usage (from the repository root)::
 
-    PYTHONPATH=src .venv/bin/python benchmarks/embed_throughput.py            # full run
-    PYTHONPATH=src .venv/bin/python benchmarks/embed_throughput.py --quick    # smoke run
-    PYTHONPATH=src .venv/bin/python benchmarks/embed_throughput.py --shapes small \\
-        --skip-official --device cuda --precision bf16                        # GPU, ours only
+    .venv/bin/python benchmarks/embed_throughput.py              # full run
+    .venv/bin/python benchmarks/embed_throughput.py --quick      # smoke run
+    .venv/bin/python benchmarks/embed_throughput.py --scaling    # ours only, 1k-20k cells
+    .venv/bin/python benchmarks/embed_throughput.py --shapes small \\
+        --skip-official --device cuda --precision bf16            # GPU, ours only
 
-Writes ``benchmarks/output/embed_throughput.json`` (``..._quick.json`` with ``--quick``),
-prints markdown tables and (full runs) updates the "Embedding throughput (issue #2)" section
-of ``benchmarks/RESULTS.md``.
+The scaling run times ours on pbmc68k replicated to ``--scaling-sizes`` cells, each size in a
+fresh process; its "embed-only" time is ``get_latent_representation`` with the model already
+loaded. ``--scaling-model DIR`` times another official-format model directory instead of the
+random small one.
+
+Writes ``benchmarks/output/embed_throughput/results.json`` (``scaling.json`` with
+``--scaling``; ``embed_throughput_quick/`` with ``--quick``), prints markdown tables and (full
+runs) updates the marked "Embedding throughput (issue #2)" section of ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
-import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import _harness as h
 import numpy as np
+from _measure import machine_busy_cores
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-
-import _bench_common as bc  # noqa: E402
-
-DATA_DIR = Path("/work/shared/data")
+HERE = h.BENCH_DIR
 DATASETS = {
-    "celltypist": DATA_DIR / "celltypist_sample_559.h5ad",
-    "pbmc68k": DATA_DIR / "pbmc68k_700_counts.h5ad",
+    "celltypist": "celltypist_sample_559.h5ad",
+    "pbmc68k": "pbmc68k_700_counts.h5ad",
 }
 SHAPES = {
     "small": {"d_model": 128, "n_layers": 4, "n_heads": 4, "d_hid": 128},
-    "whole-human": {"d_model": 512, "n_layers": 12, "n_heads": 8, "d_hid": 512},
+    "whole-human": h.WHOLE_HUMAN,
 }
 #: (shape, dataset, default number of cells): celltypist x4 = 2,236, pbmc68k x3 = 2,100.
 MAIN_CASES = (("small", "celltypist", 4 * 559), ("whole-human", "pbmc68k", 3 * 700))
 SCALING_SIZES = (1_000, 2_000, 5_000, 10_000, 20_000)
 TARGET_SPEEDUP = 3.0
 TARGET_MEMORY_RATIO = 0.5
+SECTION = "embed_throughput"
 SECTION_TITLE = "## Embedding throughput (issue #2)"
-BEGIN_MARK = "<!-- embed_throughput:begin -->"
-END_MARK = "<!-- embed_throughput:end -->"
+QUICK = {
+    "n_cells": 200,
+    "scaling_sizes": "200,500,1000",
+    "profile_cells": 64,
+    "quiet_wait": 0.0,
+    "max_retries": 0,
+}
+log = h.setup_logging("embed_throughput", quiet=False)
+fmt = h.fmt
 
 
 # ---------------------------------------------------------------------------- helpers
-def log(msg: str) -> None:
-    print(f"[embed_throughput {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = float("nan")
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_gib = int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return {
-        "cpu_model": cpu,
-        "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "memory_gib": round(mem_gib, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-
-
 def read_vocab(model_dir: Path) -> dict[str, int]:
-    return json.loads((model_dir / "vocab.json").read_text(encoding="utf-8"))
+    return h.read_json(model_dir / "vocab.json")
 
 
 def make_dataset(name: str, n_cells: int, out_dir: Path, max_len: int, vocab: dict) -> dict:
@@ -104,7 +80,8 @@ def make_dataset(name: str, n_cells: int, out_dir: Path, max_len: int, vocab: di
     import anndata as ad
 
     path = out_dir / f"{name}_{n_cells}.h5ad"
-    src = ad.read_h5ad(DATASETS[name])
+    source = h.dataset_path(DATASETS[name])
+    src = ad.read_h5ad(source)
     if not path.exists():
         reps = math.ceil(n_cells / src.n_obs)
         if reps > 1:
@@ -129,7 +106,7 @@ def make_dataset(name: str, n_cells: int, out_dir: Path, max_len: int, vocab: di
     tokens = np.minimum(expressed, max_len - 1) + 1
     return {
         "dataset": name,
-        "source": str(DATASETS[name]),
+        "source": str(source),
         "h5ad": str(path),
         "n_cells": int(adata.n_obs),
         "n_source_cells": int(src.n_obs),
@@ -148,29 +125,14 @@ def make_model(shape: str, out_dir: Path, python: str, seed: int) -> Path:
     model_dir = out_dir / f"{shape}_seed{seed}"
     info_path = model_dir / "benchmark_model.json"
     if info_path.is_file():
-        info = json.loads(info_path.read_text())
+        info = h.read_json(info_path)
         if all(info.get(k) == v for k, v in params.items()) and info.get("seed") == seed:
             return model_dir
     cmd = [python, str(HERE / "_make_model.py"), "--out", str(model_dir), "--seed", str(seed)]
-    for key, value in params.items():
-        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    cmd += h.shape_flags(params)
     log(f"creating model {model_dir}")
-    subprocess.run(cmd, check=True, env=ours_env(), capture_output=True, text=True)
+    subprocess.run(cmd, check=True, env=h.worker_env("ours"), capture_output=True, text=True)
     return model_dir
-
-
-def ours_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p
-    )
-    return env
-
-
-def official_env() -> dict:
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    return env
 
 
 def run_worker(
@@ -192,17 +154,18 @@ def run_worker(
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     out_json = run_dir / f"{pipeline}.json"
-    if pipeline == "ours":
-        python, script, env = args.ours_python, "_embed_worker_ours.py", ours_env()
-        extra = [*(extra or []), "--device", args.device, "--precision", args.precision]
-    else:
-        python, script, env = args.official_python, "_embed_worker_official.py", official_env()
-        extra = [*(extra or []), "--device", args.device]
-        if pipeline == "official-no-fastpath":
-            extra.append("--no-fastpath")
+    side = "ours" if pipeline == "ours" else "official"
+    python = args.ours_python if side == "ours" else args.official_python
+    extra = [*(extra or []), "--pipeline", side, "--device", args.device]
+    if side == "ours":
+        extra += ["--precision", args.precision]
+    if pipeline == "official-no-fastpath":
+        extra.append("--no-fastpath")
+    if args.threads:
+        extra += ["--threads", str(args.threads)]
     base = [
         python,
-        str(HERE / script),
+        str(HERE / "_embed_worker.py"),
         "--h5ad",
         h5ad,
         "--model-dir",
@@ -214,7 +177,7 @@ def run_worker(
         *extra,
     ]
     if args.resume and out_json.is_file():
-        old = json.loads(out_json.read_text())
+        old = h.read_json(out_json)
         if old.get("worker_cmd") == base:
             log(
                 f"{pipeline}: {Path(h5ad).name} with {model_dir.name}: reusing {out_json} "
@@ -232,12 +195,17 @@ def run_worker(
         log(f"{pipeline}: {Path(h5ad).name} with {model_dir.name} (attempt {attempt + 1})")
         with open(run_dir / f"{tag}.log", "w") as fh:
             proc = subprocess.run(
-                cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=args.timeout, cwd=ROOT
+                cmd,
+                env=h.worker_env(side),
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                timeout=args.timeout,
+                cwd=h.REPO,
             )
         if proc.returncode != 0:
             tail = (run_dir / f"{tag}.log").read_text()[-3000:]
             raise RuntimeError(f"{pipeline} worker failed (rc={proc.returncode}):\n{tail}")
-        result = json.loads((run_dir / f"{tag}.json").read_text())
+        result = h.read_json(run_dir / f"{tag}.json")
         result.update(quiet, worker_cmd=base, attempt=attempt)
         attempts.append({k: result[k] for k in ("total_s", "other_cpu_cores", "own_cpu_cores")})
         log(
@@ -255,7 +223,7 @@ def run_worker(
     if save_npy:
         shutil.copyfile(run_dir / f"{tag}.npy", run_dir / f"{pipeline}.npy")
     shutil.copyfile(run_dir / f"{tag}.log", run_dir / f"{pipeline}.log")
-    out_json.write_text(json.dumps(best, indent=2), encoding="utf-8")
+    h.write_json(out_json, best)
     return best
 
 
@@ -263,7 +231,7 @@ def wait_for_quiet(args) -> dict:
     """Wait (up to ``--quiet-wait`` s) until other processes leave the CPU nearly idle."""
     t0 = time.perf_counter()
     while True:
-        busy = bc.machine_busy_cores(2.0)
+        busy = machine_busy_cores(2.0)
         waited = time.perf_counter() - t0
         if busy <= args.quiet_threshold:
             return {"busy_cores_before": busy, "waited_s": waited, "quiet": True}
@@ -305,8 +273,8 @@ def ratio(a: float, b: float) -> float:
 # ---------------------------------------------------------------------------- runs
 def run_case(args, shape: str, dataset: str, n_cells: int, models: dict, label: str) -> dict:
     vocab = read_vocab(models[shape])
-    data = make_dataset(dataset, n_cells, args.out_dir / "data", args.max_len, vocab)
-    run_dir = args.out_dir / "runs" / label
+    data = make_dataset(dataset, n_cells, args.out / "data", args.max_len, vocab)
+    run_dir = args.out / "runs" / label
     case = {
         "label": label,
         "shape": shape,
@@ -368,16 +336,17 @@ def compare_case(case: dict, run_dir: Path) -> None:
 
 
 def run_scaling(args, models: dict) -> dict:
-    vocab = read_vocab(models["small"])
+    model = models.get("scaling", models.get("small"))
+    vocab = read_vocab(model)
     rows = []
     for n in args.scaling_sizes:
-        data = make_dataset("pbmc68k", n, args.out_dir / "data", args.max_len, vocab)
+        data = make_dataset("pbmc68k", n, args.out / "data", args.max_len, vocab)
         res = run_worker(
             "ours",
             args,
             data["h5ad"],
-            models["small"],
-            args.out_dir / "runs" / f"scaling_{n}",
+            model,
+            args.out / "runs" / f"scaling_{n}",
             save_npy=False,
         )
         rows.append(
@@ -407,15 +376,13 @@ def run_scaling(args, models: dict) -> dict:
             # time per cell at the largest size relative to the smallest (1.0 = linear)
             "per_cell_time_ratio_largest_vs_smallest": float((t[-1] / n[-1]) / (t[0] / n[0])),
         }
-    return {"shape": "small", "dataset": "pbmc68k", "rows": rows, "fit": fit}
+    return {"model": str(model), "dataset": "pbmc68k", "rows": rows, "fit": fit}
 
 
 def run_profiles(args, models: dict) -> dict:
     vocab = read_vocab(models["small"])
-    data = make_dataset(
-        "celltypist", args.profile_cells, args.out_dir / "data", args.max_len, vocab
-    )
-    run_dir = args.out_dir / "runs" / f"profile_small_celltypist_{args.profile_cells}"
+    data = make_dataset("celltypist", args.profile_cells, args.out / "data", args.max_len, vocab)
+    run_dir = args.out / "runs" / f"profile_small_celltypist_{args.profile_cells}"
     out = {"n_cells": data["n_cells"], "data": data}
     pipelines = ["ours"]
     if not args.skip_official:
@@ -439,12 +406,6 @@ def run_profiles(args, models: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------- report
-def fmt(x: float, nd: int = 1) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x:,.{nd}f}"
-
-
 def case_table(case: dict) -> list[str]:
     d = case["data"]
     s = case["shape_params"]
@@ -585,8 +546,8 @@ def render(results: dict) -> str:
         f"{results['versions'].get('torch_ours', '?')} (ours), "
         f"{results['versions'].get('torch_official', '?')} with scgpt "
         f"{results['versions'].get('scgpt', '?')} (official); device {results['device']}, "
-        f"precision {results['precision']} (ours); torch threads left at their default "
-        f"({results['versions'].get('torch_threads', '?')}).",
+        f"precision {results['precision']} (ours); torch threads "
+        f"{results['versions'].get('torch_threads', '?')} (torch's default unless --threads).",
         "",
         "Method: random weights (fixed seed) written once per shape with our `save_pretrained` "
         "in the official directory format; both pipelines load that directory. Each "
@@ -616,32 +577,22 @@ def render(results: dict) -> str:
     for case in results["cases"]:
         lines += case_table(case) + [""]
     if results.get("scaling"):
-        lines += ["### Scaling (ours, small shape, pbmc68k replicated)", ""]
+        model = Path(results["scaling"].get("model", "small")).name
+        lines += [f"### Scaling (ours, model {model}, pbmc68k replicated)", ""]
         lines += scaling_table(results["scaling"]) + [""]
     if results.get("profiles"):
         lines += ["### Where the time goes", ""] + profile_lines(results["profiles"]) + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def update_results_md(path: Path, section: str) -> None:
-    block = f"{BEGIN_MARK}\n{section}{END_MARK}\n"
-    if path.exists():
-        text = path.read_text(encoding="utf-8")
-        if BEGIN_MARK in text and END_MARK in text:
-            head, rest = text.split(BEGIN_MARK, 1)
-            tail = rest.split(END_MARK, 1)[1].lstrip("\n")
-            text = head + block + ("\n" + tail if tail else "")
-        else:
-            text = text.rstrip() + "\n\n" + block
-    else:
-        text = "# Benchmark results\n\n" + block
-    path.write_text(text, encoding="utf-8")
-
-
 # ---------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    p = h.parser(
+        __doc__,
+        "embed_throughput",
+        quick_help="smoke run: 200 cells per case, scaling 200/500/1,000, profile 64 cells, "
+        "no waiting for a quiet machine; leaves RESULTS.md alone",
+        results_md=True,
     )
     p.add_argument(
         "--shapes",
@@ -671,21 +622,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(1,200-token sequences; slow on CPU); 0 = skip",
     )
     p.add_argument(
+        "--scaling",
+        action="store_true",
+        help="only the scaling run (ours, small shape, pbmc68k replicated to "
+        "--scaling-sizes cells); writes scaling.json, leaves RESULTS.md alone",
+    )
+    p.add_argument(
         "--scaling-sizes",
         default=",".join(map(str, SCALING_SIZES)),
         help="cells for the scaling run (ours, small shape, pbmc68k); '' = skip",
+    )
+    p.add_argument(
+        "--scaling-model",
+        type=Path,
+        default=None,
+        help="official-format model directory for the scaling run (default: the random "
+        "small-shape model)",
     )
     p.add_argument(
         "--profile-cells",
         type=int,
         default=256,
         help="cProfile both pipelines on this many celltypist cells; 0 = skip",
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="smoke run: 200 cells per case, scaling 200/500/1,000, profile 64 "
-        "cells; writes embed_throughput_quick.json and leaves RESULTS.md alone",
     )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument(
@@ -694,20 +652,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("32", "bf16", "16"),
         help="ours only (the official pipeline autocasts to fp16 on CUDA itself)",
     )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-len", type=int, default=1200)
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    p.add_argument("--out-dir", type=Path, default=HERE / "output")
-    p.add_argument(
-        "--results-md",
-        type=Path,
-        default=None,
-        help="markdown file to update (default benchmarks/RESULTS.md; not with "
-        "--quick unless given)",
+    h.add_options(
+        p,
+        batch_size=64,
+        max_len=1200,
     )
-    p.add_argument("--no-results-md", action="store_true")
-    p.add_argument("--ours-python", default=str(ROOT / ".venv" / "bin" / "python"))
-    p.add_argument("--official-python", default=str(ROOT / ".official-venv" / "bin" / "python"))
+    h.add_python_args(p)
     p.add_argument(
         "--quiet-wait",
         type=float,
@@ -728,7 +678,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="reuse results of identical earlier worker runs in --out-dir",
+        help="reuse results of identical earlier worker runs in --out",
     )
     p.add_argument(
         "--report-only",
@@ -736,36 +686,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="re-render tables and RESULTS.md from the JSON of an earlier run",
     )
     p.add_argument("--timeout", type=float, default=3 * 3600, help="per worker, seconds")
-    args = p.parse_args(argv)
+    args = h.parse(p, argv, quick=QUICK)
     args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     unknown = [s for s in args.shapes if s not in SHAPES]
     if unknown:
         p.error(f"unknown shapes {unknown}; choose from {list(SHAPES)}")
     args.scaling_sizes = [int(x) for x in args.scaling_sizes.split(",") if x.strip()]
-    if args.quick:
-        args.n_cells = args.n_cells or 200
-        args.scaling_sizes = [200, 500, 1_000]
-        args.profile_cells = min(args.profile_cells, 64)
-    if args.results_md is None and not args.quick:
-        args.results_md = HERE / "RESULTS.md"
-    if args.no_results_md:
-        args.results_md = None
-    args.out_dir = args.out_dir.resolve()
+    if args.scaling:
+        if not args.scaling_sizes:
+            p.error("--scaling needs --scaling-sizes")
+        args.shapes, args.profile_cells, args.long_whole_human_cells = [], 0, 0
+        args.skip_official, args.results_md = True, None
+    if not args.skip_official:
+        h.require_python(
+            args.official_python, "official", hint=", or measure ours only with --skip-official"
+        )
     return args
 
 
 def report_only(args) -> dict:
     """Re-derive ratios and tables from an earlier run's JSON and .npy files."""
-    name = "embed_throughput_quick.json" if args.quick else "embed_throughput.json"
-    out_json = args.out_dir / name
-    results = json.loads(out_json.read_text())
+    out_json = args.out / "results.json"
+    results = h.read_json(out_json)
     for case in results["cases"]:
-        compare_case(case, args.out_dir / "runs" / case["label"])
-    out_json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        compare_case(case, args.out / "runs" / case["label"])
+    h.write_json(out_json, results)
     section = render(results)
     print(section)
     if args.results_md is not None:
-        update_results_md(args.results_md, section)
+        h.write_section(SECTION, section, args.results_md)
         log(f"updated {args.results_md}")
     return results
 
@@ -781,19 +730,18 @@ def main(argv: list[str] | None = None) -> dict:
     if args.report_only:
         return report_only(args)
     started = time.time()
-    command = "PYTHONPATH=src .venv/bin/python benchmarks/embed_throughput.py " + shlex.join(
-        sys.argv[1:] if argv is None else argv
-    )
     need = set(args.shapes)
-    if args.scaling_sizes or args.profile_cells:
+    if (args.scaling_sizes and args.scaling_model is None) or args.profile_cells:
         need.add("small")
     if args.long_whole_human_cells:
         need.add("whole-human")
     models = {
-        s: make_model(s, args.out_dir / "models", args.ours_python, args.seed)
+        s: make_model(s, args.out / "models", args.ours_python, args.seed)
         for s in SHAPES
         if s in need
     }
+    if args.scaling_model is not None:
+        models["scaling"] = args.scaling_model.resolve()
     cases = []
     for shape, dataset, default_n in MAIN_CASES:
         if shape in args.shapes:
@@ -826,8 +774,6 @@ def main(argv: list[str] | None = None) -> dict:
         else f"measured on {first.get('ours', {}).get('cuda_device', 'cuda')}."
     )
     results = {
-        "command": command,
-        "machine": machine_info(),
         "versions": versions,
         "device": args.device,
         "precision": args.precision,
@@ -841,15 +787,12 @@ def main(argv: list[str] | None = None) -> dict:
         "profiles": profiles,
         "wall_s": time.time() - started,
     }
-    name = "embed_throughput_quick.json" if args.quick else "embed_throughput.json"
-    out_json = args.out_dir / name
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    out_json = h.write_results(args, results, "scaling.json" if args.scaling else "results.json")
     section = render(results)
     print(section)
     log(f"wrote {out_json}")
     if args.results_md is not None:
-        update_results_md(args.results_md, section)
+        h.write_section(SECTION, section, args.results_md)
         log(f"updated {args.results_md}")
     return results
 

@@ -4,9 +4,10 @@
 
 Datasets (each method runs on the same cells and the same highly variable genes):
 
-- ``cite``: ``/work/shared/data/cite_pbmc_2batch.h5mu``, RNA counts of 400 PBMCs from two
-  10x CITE-seq runs (``pbmc10k`` / ``pbmc5k``). Silver coarse cell types come from the
-  antibody panel (see :func:`silver_labels`); cells without a clear type are dropped.
+- ``cite``: ``cite_pbmc_2batch.h5mu`` (bundled: ``scvi_scgpt.datasets.cite_pbmc_2batch()``),
+  RNA counts of 400 PBMCs from two 10x CITE-seq runs (``pbmc10k`` / ``pbmc5k``). Silver
+  coarse cell types come from the antibody panel (see :func:`silver_labels`); cells without a
+  clear type are dropped.
 - ``synthetic``: 1,500 cells x 1,000 genes, 3 batches x 5 cell types, negative-binomial
   counts with strong batch effects (:mod:`_synthetic_batches`).
 
@@ -16,10 +17,13 @@ script checks that it picked the same genes).
 
 Methods:
 
-- **SCGPT**: d_model 64, 4 layers, 4 heads, d_hid 128, dropout 0.1 (none on the attention
-  probabilities, for the fused CPU kernels), from scratch,
+- **SCGPT**: ``_harness.D64``: d_model 64, 4 layers, 4 heads, d_hid 128, dropout 0.1 (none on
+  the attention probabilities, for the fused CPU kernels), from scratch,
   ``train("integration")`` (GEP + GEPC + ECS + DAR + DSBN, zeros included), lr and epochs from
   the command line (no tuning on labels), all cells for training (``train_size=1.0``).
+  ``--scgpt-defaults`` passes nothing but the task and the shared HVGs:
+  ``train("integration", n_top_genes=...)`` with the preset's from-scratch values, its
+  90/10 split of the cells and the best validation epoch restored.
 - **scVI**: ``SCVI(n_latent=10)`` (defaults otherwise) on the HVG counts, ``--scvi-epochs``.
 - **Harmony**: ``sc.external.pp.harmony_integrate`` on ``X_pca`` (falls back to calling
   ``harmonypy`` directly where scanpy's wrapper fails, and records why), library defaults;
@@ -30,45 +34,26 @@ Methods:
 
 Scoring: ``scib_metrics.benchmark.Benchmarker`` with default metrics, raw (not min-max
 scaled) scores; Total = 0.4 x batch correction + 0.6 x bio conservation.
-Outputs go to ``benchmarks/output/integration/``.
+Outputs go to ``benchmarks/output/integration/``. ``--quick``: the CITE data only, SCGPT 1
+epoch, scVI 5 epochs (a smoke run).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 
+import _harness as h
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _eval_common import (  # noqa: E402
-    DATA_DIR,
-    OUTPUT_DIR,
-    machine_info,
-    markdown_table,
-    quiet_warnings,
-    set_threads,
-    write_json,
-)
-
-OUT = OUTPUT_DIR / "integration"
+QUICK = {"datasets": ["cite"], "scgpt_epochs": 1, "scvi_epochs": 5}
 KEYS = {
     "SCGPT": "X_scGPT",
     "scVI": "X_scVI",
     "Harmony": "X_pca_harmony",
     "Harmony (20 rounds)": "X_pca_harmony20",
     "PCA": "X_pca",
-}
-ARCH = {
-    "d_model": 64,
-    "n_heads": 4,
-    "d_hid": 128,
-    "n_layers": 4,
-    "dropout": 0.1,
-    "attention_dropout": 0.0,
 }
 
 # ----------------------------------------------------------------------------- CITE data
@@ -142,9 +127,8 @@ def silver_labels(prot_counts: np.ndarray, names: list[str], batches: np.ndarray
 
 def load_cite():
     import anndata
-    import mudata
 
-    mdata = mudata.read_h5mu(DATA_DIR / "cite_pbmc_2batch.h5mu")
+    mdata = h.read_dataset("cite_pbmc_2batch.h5mu")
     rna, prot = mdata["rna"], mdata["prot"]
     px = prot.X.toarray() if hasattr(prot.X, "toarray") else np.asarray(prot.X)
     names = [v.split("_")[0] for v in prot.var_names]
@@ -157,9 +141,7 @@ def load_cite():
     adata.obs["cell_type"] = pd.Categorical(labels.astype(str))
     # validation of the silver labels: mean CLR of each antibody and mean log-normalised RNA
     # of classic markers per label (on all cells, ambiguous included)
-    from _eval_common import log_normalize
-
-    xl = log_normalize(adata.X)
+    xl = h.log_normalize(adata.X)
     genes = [g for g in RNA_MARKERS if g in adata.var_names]
     rna_df = pd.DataFrame(xl[:, [adata.var_names.get_loc(g) for g in genes]], columns=genes)
     lab = pd.Series(labels.astype(str), name="silver_label")
@@ -259,8 +241,8 @@ def run_scvi(adata, n_latent: int, epochs: int, seed: int) -> dict:
     )
     fit = time.perf_counter() - t0
     adata.obsm["X_scVI"] = model.get_latent_representation().astype(np.float32)
-    h = model.history
-    elbo = float(h["elbo_train"].iloc[-1, 0]) if "elbo_train" in h else None
+    hist = model.history
+    elbo = float(hist["elbo_train"].iloc[-1, 0]) if "elbo_train" in hist else None
     return {"fit_s": fit, "epochs": epochs, "n_latent": n_latent, "final_elbo_train": elbo}
 
 
@@ -272,19 +254,31 @@ def run_scgpt(adata_full, hvgs, args, seed: int) -> tuple[np.ndarray, dict]:
     scvi.settings.seed = seed
     a = adata_full.copy()
     SCGPT.setup_anndata(a, layer="counts", batch_key="batch")
-    model = SCGPT(a, max_seq_len=1201, **ARCH)
+    model = SCGPT(a, max_seq_len=1201, **h.D64)
     t0 = time.perf_counter()
-    model.train(
-        "integration",
-        max_epochs=args.scgpt_epochs,
-        lr=args.scgpt_lr,
-        batch_size=args.scgpt_batch_size,
-        n_top_genes=len(hvgs) if len(hvgs) < a.n_vars else None,
-        train_size=1.0,
-        enable_progress_bar=False,
-        logger=False,
-        enable_checkpointing=False,
-    )
+    n_top_genes = len(hvgs) if len(hvgs) < a.n_vars else None
+    if args.scgpt_defaults:
+        model.train(
+            "integration",
+            n_top_genes=n_top_genes,
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+        )
+        values = model.training_task_["hyperparameters"]
+        args.scgpt_epochs, args.scgpt_lr = values["max_epochs"], values["lr"]
+        args.scgpt_batch_size = values["batch_size"]
+    else:
+        model.train(
+            "integration",
+            max_epochs=args.scgpt_epochs,
+            lr=args.scgpt_lr,
+            batch_size=args.scgpt_batch_size,
+            n_top_genes=n_top_genes,
+            train_size=1.0,
+            enable_progress_bar=False,
+            logger=False,
+            enable_checkpointing=False,
+        )
     fit = time.perf_counter() - t0
     t0 = time.perf_counter()
     emb = model.get_latent_representation(a, batch_size=64)
@@ -293,7 +287,7 @@ def run_scgpt(adata_full, hvgs, args, seed: int) -> tuple[np.ndarray, dict]:
     same = subset is None or set(subset) == set(hvgs)
     hist = {
         k: [float(x) for x in v.iloc[:, 0].to_numpy()]
-        for k, v in model.history_.items()
+        for k, v in (model.history_ or {}).items()
         if k.endswith("_train") and k.split("_")[0] in ("train", "gep", "gepc", "ecs", "dar")
     }
     return emb, {
@@ -306,6 +300,8 @@ def run_scgpt(adata_full, hvgs, args, seed: int) -> tuple[np.ndarray, dict]:
         "same_genes_as_baselines": bool(same),
         "n_params": int(sum(p.numel() for p in model.module.parameters())),
         "history": hist,
+        "defaults": bool(args.scgpt_defaults),
+        "training_task": model.training_task_,
     }
 
 
@@ -326,9 +322,6 @@ def benchmark(adata, out_dir: Path, tag: str) -> pd.DataFrame:
     df = bm.get_results(min_max_scale=False)
     df.to_csv(out_dir / f"{tag}_scib_results.csv")
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         bm.plot_results_table(min_max_scale=False, show=False, save_dir=str(out_dir))
@@ -341,57 +334,10 @@ def benchmark(adata, out_dir: Path, tag: str) -> pd.DataFrame:
     return df
 
 
-def plot_umaps(adata, out_path: Path, title: str, seed: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import scanpy as sc
-
-    coords = {}
-    for name, key in KEYS.items():
-        a = sc.AnnData(np.zeros((adata.n_obs, 1), dtype=np.float32), obs=adata.obs[[]].copy())
-        a.obsm[key] = adata.obsm[key]
-        sc.pp.neighbors(a, use_rep=key, n_neighbors=15, random_state=seed)
-        sc.tl.umap(a, random_state=seed)
-        coords[name] = a.obsm["X_umap"]
-    fig, axes = plt.subplots(2, len(KEYS), figsize=(4.2 * len(KEYS), 8.2))
-    for row, col in enumerate(("batch", "cell_type")):
-        cats = adata.obs[col].cat.categories
-        cmap = plt.get_cmap("tab10" if len(cats) <= 10 else "tab20")
-        codes = adata.obs[col].cat.codes.to_numpy()
-        for j, name in enumerate(KEYS):
-            ax = axes[row, j]
-            xy = coords[name]
-            order = np.random.default_rng(0).permutation(len(xy))
-            ax.scatter(
-                xy[order, 0], xy[order, 1], c=[cmap(c) for c in codes[order]], s=6, linewidths=0
-            )
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(name)
-            if j == 0:
-                ax.set_ylabel(f"coloured by {col}")
-        handles = [
-            plt.Line2D([], [], marker="o", ls="", color=cmap(i), label=c)
-            for i, c in enumerate(cats)
-        ]
-        axes[row, -1].legend(
-            handles=handles,
-            loc="center left",
-            bbox_to_anchor=(1.0, 0.5),
-            fontsize=8,
-            frameon=False,
-        )
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-
-
 # ----------------------------------------------------------------------------- main
 def run_dataset(name: str, args) -> dict:
+    from scvi_scgpt.pl import embedding_panels
+
     timings: dict = {}
     t0 = time.perf_counter()
     if name == "cite":
@@ -434,12 +380,11 @@ def run_dataset(name: str, args) -> dict:
     df = benchmark(adata, args.out, name)
     timings["scib_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    plot_umaps(
-        adata,
-        args.out / f"{name}_umap.png",
-        f"{name}: UMAP of each embedding (top: batch, bottom: label)",
-        args.seed,
+    fig = embedding_panels(
+        adata, list(KEYS.values()), ["batch", "cell_type"], titles=list(KEYS), seed=args.seed
     )
+    fig.suptitle(f"{name}: UMAP of each embedding (top: batch, bottom: label)")
+    h.save_figure(fig, args.out / f"{name}_umap.png", dpi=110)
     timings["umap_s"] = time.perf_counter() - t0
     print(f"[{name}] scib {timings['scib_s']:.0f} s, UMAP {timings['umap_s']:.0f} s", flush=True)
 
@@ -473,29 +418,36 @@ def results_table(res: dict) -> str:
     header = ["method"] + [
         c if c in agg else f"{c} ({'bio' if c in bio else 'batch'})" for c in cols
     ]
-    return markdown_table(header, rows)
+    return h.markdown_table(header, rows)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = h.parser(
+        __doc__, "integration", quick_help="CITE only, SCGPT 1 epoch, scVI 5 (a smoke run)"
+    )
     p.add_argument(
         "--datasets", nargs="+", default=["cite", "synthetic"], choices=["cite", "synthetic"]
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cite-hvg", type=int, default=1000)
-    p.add_argument("--synthetic-hvg", type=int, default=500)
-    p.add_argument("--n-pcs", type=int, default=50)
-    p.add_argument("--scgpt-epochs", type=int, default=15)
-    p.add_argument("--scgpt-lr", type=float, default=1e-3)
-    p.add_argument("--scgpt-batch-size", type=int, default=32)
-    p.add_argument("--scvi-epochs", type=int, default=200)
-    p.add_argument("--scvi-latent", type=int, default=10)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", type=Path, default=OUT)
-    args = p.parse_args()
+    h.add_options(
+        p,
+        cite_hvg=1000,
+        synthetic_hvg=500,
+        n_pcs=50,
+        scgpt_epochs=15,
+        scgpt_lr=1e-3,
+        scgpt_batch_size=32,
+        scvi_epochs=200,
+        scvi_latent=10,
+    )
+    p.add_argument(
+        "--scgpt-defaults",
+        action="store_true",
+        help="train SCGPT with train('integration') and only the shared HVGs given",
+    )
+    args = h.parse(p, quick=QUICK)
 
-    quiet_warnings()
-    n_threads = set_threads(args.threads)
+    h.setup_logging("integration_scib")
+    h.set_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     results = {}
@@ -511,15 +463,7 @@ def main() -> None:
             f"[{name}] SCGPT Total {s['SCGPT']['Total']:.3f} vs PCA {s['PCA']['Total']:.3f} "
             f"(scVI {s['scVI']['Total']:.3f}, Harmony {s['Harmony']['Total']:.3f})"
         )
-    out = {
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "scgpt_architecture": ARCH,
-        "torch_threads": n_threads,
-        "machine": machine_info(),
-        "datasets": results,
-        "wall_s": wall,
-    }
-    write_json(args.out / "results.json", out)
+    h.write_results(args, {"scgpt_architecture": h.D64, "datasets": results, "wall_s": wall})
     print(f"total {wall:.0f} s", flush=True)
 
 

@@ -2,9 +2,10 @@
 
     flock /tmp/scvi_scgpt_cpu.lock .venv/bin/python benchmarks/pretrain_evidence.py
 
-1. **Corpus.** The three human count files of ``/work/shared/data`` that are *not* the
-   evaluation set are written, each to its own ``.h5ad`` (CSR float32 counts, gene symbols as
-   ``var_names``), under ``benchmarks/output/pretrain/data/``: ``celltypist_sample_559``
+1. **Corpus.** The three human count files of the offline data folder (``$SCVI_SCGPT_DATA``,
+   see ``_harness.py``) that are *not* the evaluation set are written, each to its own
+   ``.h5ad`` (CSR float32 counts, gene symbols as ``var_names``), under
+   ``benchmarks/output/pretrain/data/``: ``celltypist_sample_559``
    (559 cells, 32,786 genes), the RNA modality of ``cite_pbmc_2batch`` (400 cells, 15,792
    genes) and ``human_chr21_1107`` (1,107 cells, 507 chr21 genes). From every file a random
    10 % of the cells (seed 0) goes to a separate validation file.
@@ -35,49 +36,33 @@ The learning rate is recorded at every step and plotted, to show that the cosine
 spans the whole run. ``train("pretrain", tokenizer={"max_seq_len": ...})`` keeps the
 CPU-sized token budget; the preset's own is 1,200.
 
-Outputs (``benchmarks/output/pretrain/``): ``evidence.json``, ``pretrain_loss_curves.png``,
-``pretrained_model/`` (official format, ``save_pretrained``).
+Outputs (``--out``, default ``benchmarks/output/pretrain/``): ``evidence.json``,
+``pretrain_loss_curves.png``, ``pretrained_model/`` (official format, ``save_pretrained``).
+``--quick`` trains one epoch (a smoke run).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import resource
 import time
-import warnings
 from pathlib import Path
 
+import _harness as h
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("SCVI_SCGPT_DATA", "/work/shared/data"))
-OUT = REPO / "benchmarks" / "output" / "pretrain"
 EVAL_FILE = "pbmc68k_700_counts.h5ad"
 LABEL_KEY = "bulk_labels"
 SOURCES = {
-    # name: (file, how to read it)
-    "celltypist_559": ("celltypist_sample_559.h5ad", "h5ad"),
-    "cite_pbmc_rna_400": ("cite_pbmc_2batch.h5mu", "h5mu:rna"),
-    "chr21_1107": ("human_chr21_1107.h5ad", "h5ad"),
+    # name: (file, modality of a MuData file)
+    "celltypist_559": ("celltypist_sample_559.h5ad", None),
+    "cite_pbmc_rna_400": ("cite_pbmc_2batch.h5mu", "rna"),
+    "chr21_1107": ("human_chr21_1107.h5ad", None),
 }
+QUICK = {"epochs": 1, "max_minutes": 3.0}
 
 
 # ----------------------------------------------------------------------------- data
-def _read_source(file: str, how: str):
-    import anndata
-
-    if how.startswith("h5mu:"):
-        import mudata
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return mudata.read_h5mu(DATA / file)[how.split(":", 1)[1]]
-    return anndata.read_h5ad(DATA / file)
-
-
 def write_corpus(out_dir: Path, val_frac: float, seed: int, sources: list[str]) -> dict:
     """Write train / validation .h5ad files per source; return their paths and sizes."""
     import anndata
@@ -87,8 +72,8 @@ def write_corpus(out_dir: Path, val_frac: float, seed: int, sources: list[str]) 
     info = {"train": [], "validation": [], "sources": {}}
     rng = np.random.default_rng(seed)
     for name in sources:
-        file, how = SOURCES[name]
-        src = _read_source(file, how)
+        file, modality = SOURCES[name]
+        src = h.read_dataset(file, modality)
         x = src.X
         x = sp.csr_matrix(x, dtype=np.float32) if not sp.issparse(x) else x.tocsr()
         x = x.astype(np.float32)
@@ -166,34 +151,10 @@ def gene_mean_baseline(train_files, val_files, vocab, max_seq_len: int, seed: in
 
 
 # ----------------------------------------------------------------------------- eval
-def knn_cv(emb: np.ndarray, labels: np.ndarray, k: int = 15, folds: int = 5, seed: int = 0):
-    """kNN accuracy and macro-F1 per fold of a stratified K-fold CV."""
-    from sklearn.metrics import accuracy_score, f1_score
-    from sklearn.model_selection import StratifiedKFold
-    from sklearn.neighbors import KNeighborsClassifier
-
-    acc, f1 = [], []
-    for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(emb, labels):
-        pred = KNeighborsClassifier(n_neighbors=k).fit(emb[tr], labels[tr]).predict(emb[te])
-        acc.append(accuracy_score(labels[te], pred))
-        f1.append(f1_score(labels[te], pred, average="macro"))
-    return {
-        "accuracy_folds": [float(a) for a in acc],
-        "macro_f1_folds": [float(f) for f in f1],
-        "accuracy_mean": float(np.mean(acc)),
-        "accuracy_sd": float(np.std(acc, ddof=1)),
-        "macro_f1_mean": float(np.mean(f1)),
-        "macro_f1_sd": float(np.std(f1, ddof=1)),
-    }
-
-
 def pca_baseline(adata, n_comps: int = 50) -> np.ndarray:
-    import scipy.sparse as sp
     from sklearn.decomposition import PCA
 
-    x = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
-    x = np.log1p(x / x.sum(1, keepdims=True) * 1e4)
-    return PCA(n_comps, random_state=0).fit_transform(x)
+    return PCA(n_comps, random_state=0).fit_transform(h.log_normalize(adata.X))
 
 
 # ----------------------------------------------------------------------------- callbacks
@@ -201,6 +162,8 @@ def make_recorder(model, eval_adata, labels, dm, knn_every: int = 1):
     """Lightning callback recording per-step losses / lr, validation, and kNN per epoch."""
     import torch
     from lightning.pytorch import Callback
+
+    from scvi_scgpt.tl import knn_accuracy
 
     class Recorder(Callback):
         def __init__(self):
@@ -279,7 +242,7 @@ def make_recorder(model, eval_adata, labels, dm, knn_every: int = 1):
             was_training = module.training
             emb = model.get_latent_representation(eval_adata, batch_size=64)
             module.train(was_training)
-            res = knn_cv(emb, labels)
+            res = knn_accuracy(emb, labels)
             self.knn_epochs.append(
                 {
                     "epoch": int(trainer.current_epoch) + 1,
@@ -300,9 +263,6 @@ def make_recorder(model, eval_adata, labels, dm, knn_every: int = 1):
 
 # ----------------------------------------------------------------------------- plot
 def plot(path: Path, rec, results: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = np.array([s["step"] for s in rec.steps])
@@ -369,47 +329,34 @@ def plot(path: Path, rec, results: dict) -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    h.save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- main
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument(
-        "--max-minutes",
-        type=float,
-        default=12.0,
-        help="Lightning max_time safeguard for the training run",
+    p = h.parser(__doc__, "pretrain", quick_help="one epoch (a smoke run)")
+    h.add_options(
+        p,
+        epochs=40,
+        max_minutes=(12.0, "Lightning max_time"),
     )
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--n-layers", type=int, default=2)
-    p.add_argument("--n-heads", type=int, default=4)
-    p.add_argument("--d-hid", type=int, default=128)
-    p.add_argument("--dropout", type=float, default=0.1)
+    h.add_shape_args(p, h.D64_PRETRAIN)
     p.add_argument(
         "--attn-dropout",
         type=float,
-        default=0.0,
+        default=h.D64_PRETRAIN["attention_dropout"],
         help="attention-probability dropout (>0 makes CPU SDPA use its slow "
         "math kernel: ~2-4x slower steps)",
     )
-    p.add_argument("--max-seq-len", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--block-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup-steps", type=int, default=50)
-    p.add_argument(
-        "--val-every",
-        type=int,
-        default=0,
-        help="validate every N training steps (0: once per epoch)",
-    )
-    p.add_argument(
-        "--knn-every",
-        type=int,
-        default=0,
-        help="kNN evaluation of the held-out set every N epochs (0: about 10 in all)",
+    h.add_options(
+        p,
+        max_seq_len=256,
+        batch_size=32,
+        block_size=64,
+        lr=1e-3,
+        warmup_steps=50,
+        val_every=(0, "validate every N steps (0: epoch)"),
+        knn_every=(0, "held-out kNN every N epochs (0: ~10)"),
     )
     p.add_argument(
         "--sources",
@@ -418,26 +365,20 @@ def main() -> None:
         choices=list(SOURCES),
         help="pretraining files (default: every offline human file but the held-out pbmc68k)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=OUT)
-    args = p.parse_args()
+    args = h.parse(p, quick=QUICK)
 
     t_start = time.perf_counter()
-    warnings.filterwarnings("ignore")
-    import logging
-
+    h.setup_logging("pretrain_evidence")
+    import anndata
     import torch
 
-    torch.set_num_threads(args.threads)
-    import anndata
+    h.set_threads(args.threads)
     import scvi
 
-    import scvi_scgpt
     from scvi_scgpt import SCGPT, GeneVocab
-    from scvi_scgpt.data import StreamingAnnDataModule
+    from scvi_scgpt.dataloaders import StreamingAnnDataModule
+    from scvi_scgpt.tl import knn_accuracy
 
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
 
     # ---- corpus and vocabulary
@@ -451,7 +392,7 @@ def main() -> None:
     print(f"validation MSE baselines: {baseline_mse}", flush=True)
 
     # ---- held-out evaluation set
-    pbmc = anndata.read_h5ad(DATA / EVAL_FILE)
+    pbmc = h.read_dataset(EVAL_FILE)
     labels = pbmc.obs[LABEL_KEY].astype(str).to_numpy()
     overlap = {
         name: int(np.isin(pbmc.var_names, anndata.read_h5ad(f, backed="r").var_names).sum())
@@ -515,8 +456,8 @@ def main() -> None:
     emb_random = random_model.get_latent_representation(pbmc, batch_size=64)
     embed_seconds = time.perf_counter() - t
     knn = {
-        "random_init": knn_cv(emb_random, labels),
-        "pca50_lognorm": knn_cv(pca_baseline(pbmc), labels),
+        "random_init": knn_accuracy(emb_random, labels),
+        "pca50_lognorm": knn_accuracy(pca_baseline(pbmc), labels),
     }
     print(
         f"random init kNN acc {knn['random_init']['accuracy_mean']:.3f}; "
@@ -551,7 +492,7 @@ def main() -> None:
     assert model.module is module_before, "train() rebuilt the module"
 
     emb_pre = model.get_latent_representation(pbmc, batch_size=64)
-    knn["pretrained"] = knn_cv(emb_pre, labels)
+    knn["pretrained"] = knn_accuracy(emb_pre, labels)
     print(f"pretrained kNN acc {knn['pretrained']['accuracy_mean']:.3f}", flush=True)
     model.save_pretrained(args.out / "pretrained_model", overwrite=True)
 
@@ -562,16 +503,6 @@ def main() -> None:
     }
     cells = sum(s["cells"] for s in recorder.steps)
     results = {
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "machine": {
-            "cpu": _cpu_name(),
-            "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "scvi_tools": scvi.__version__,
-            "scvi_scgpt": getattr(scvi_scgpt, "__version__", "?"),
-        },
         "corpus": corpus["sources"],
         "vocabulary": {"kind": "GeneVocab.from_anndata_files(train files)", "tokens": len(vocab)},
         "model": {
@@ -606,19 +537,8 @@ def main() -> None:
         "total_seconds": time.perf_counter() - t_start,
     }
     plot(args.out / "pretrain_loss_curves.png", recorder, results)
-    (args.out / "evidence.json").write_text(json.dumps(results, indent=1))
+    h.write_results(args, results, "evidence.json", indent=1)
     print(_summary(results), flush=True)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _summary(r: dict) -> str:

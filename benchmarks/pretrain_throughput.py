@@ -3,7 +3,7 @@
     flock /tmp/scvi_scgpt_cpu.lock .venv/bin/python benchmarks/pretrain_throughput.py
     # share of a step spent in attention (torch.profiler), 1 timed step per run:
     flock /tmp/scvi_scgpt_cpu.lock .venv/bin/python benchmarks/pretrain_throughput.py \\
-        --steps 1 --pairs 0 --profile 1 --out benchmarks/output/pretrain/throughput_profile.json
+        --steps 1 --pairs 0 --profile 1 --out benchmarks/output/pretrain/profile
     # on a GPU (not measured here): whole-human shape in bf16
     .venv/bin/python benchmarks/pretrain_throughput.py --device cuda --precision bf16 \\
         --d-model 512 --n-layers 12 --n-heads 8 --d-hid 512 --batch-size 32
@@ -31,8 +31,8 @@ The minibatches are built by the library's ``GenerativeCollator`` from synthetic
 batches (seeded) for both variants. Each (variant, fraction) runs in its own subprocess, so
 the peak resident memory (``ru_maxrss``; on CUDA ``max_memory_allocated``) is its own.
 
-Writes ``benchmarks/output/pretrain/throughput_<device>_<precision>.json`` and prints a
-markdown table.
+Writes ``throughput_<device>_<precision>.json`` in ``--out`` (default
+``benchmarks/output/pretrain/``) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -40,17 +40,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "benchmarks" / "output" / "pretrain"
-CENSUS_TOKENS = 60_697  # whole-human vocabulary incl. <pad>, <cls>, <eoc>
+import _harness as h
+import _measure as m
+
+#: d_model 256, 4 layers, 8 heads, d_hid 512; no dropout: attention dropout makes CPU SDPA
+#: use its math kernel
+SHAPE = {"d_model": 256, "n_layers": 4, "n_heads": 8, "d_hid": 512, "dropout": 0.0}
+QUICK = {
+    "ratios": [0.5],
+    "steps": 1,
+    "pairs": 1,
+    "n_batches": 1,
+    "seq_len": 256,
+    "min_expressed": 200,
+    "max_expressed": 300,
+}
 WORKER_ARGS = (
     "device",
     "precision",
@@ -70,6 +80,7 @@ WORKER_ARGS = (
     "pairs",
     "threads",
     "profile",
+    "seed",
 )
 
 
@@ -111,7 +122,7 @@ def dense_generative_forward(
 
 def use_variant(variant: str) -> None:
     """Install the attention variant (``two_sdpa``: the library's; ``dense``: the above)."""
-    from scvi_scgpt.nn._attention import SelfAttention
+    from scvi_scgpt.nn import SelfAttention
 
     if not hasattr(SelfAttention, "_library_generative_forward"):
         SelfAttention._library_generative_forward = SelfAttention.generative_forward
@@ -131,7 +142,7 @@ def make_batches(args, ratio: float, n_batches: int, seed: int = 0):
     import torch
 
     from scvi_scgpt.data import TokenizerConfig
-    from scvi_scgpt.train import GenerativeCollator
+    from scvi_scgpt.dataloaders import GenerativeCollator
 
     rng = np.random.default_rng(seed)
     n_genes = 4000
@@ -273,7 +284,7 @@ def _setup(args):
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    batches, pad_id = make_batches(args, args.ratio, args.n_batches)
+    batches, pad_id = make_batches(args, args.ratio, args.n_batches, seed=args.seed)
     shapes = [
         {
             "known_len": int(b["gene_ids"].shape[1]),
@@ -347,11 +358,11 @@ def worker(args) -> dict:
 
     device, batches, pad_id, shapes, autocast, sync = _setup(args)
     use_variant(args.variant)
-    module = build_module(args, pad_id).to(device)
+    module = build_module(args, pad_id, args.seed).to(device)
     module.train()
     opt = torch.optim.Adam(module.parameters(), lr=1e-4, eps=1e-8)
     objectives = pretrain_objectives()
-    setup_rss = _rss_mb()
+    setup_rss = m.current_rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         setup_cuda = torch.cuda.memory_allocated() / 2**20
@@ -363,7 +374,7 @@ def worker(args) -> dict:
             times.append(wall)
             cpu_times.append(cpu)
             losses.append(loss)
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_rss = m.rusage_peaks_mb()["peak_rss_self_mb"]
     if args.profile:
         times_profile = _profile_step(module, opt, batches[0], objectives, autocast, sync, device)
     result = {
@@ -405,7 +416,7 @@ def paired_worker(args) -> dict:
     objectives = pretrain_objectives()
     modules, opts = {}, {}
     for variant in ("two_sdpa", "dense"):
-        modules[variant] = build_module(args, pad_id).to(device).train()
+        modules[variant] = build_module(args, pad_id, args.seed).to(device).train()
         opts[variant] = torch.optim.Adam(modules[variant].parameters(), lr=1e-4, eps=1e-8)
     times = {"two_sdpa": [], "dense": []}
     losses = {"two_sdpa": [], "dense": []}
@@ -445,50 +456,34 @@ def paired_worker(args) -> dict:
     }
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return float(line.split()[1]) / 1024
-    return float("nan")
-
-
 # ----------------------------------------------------------------------------- main
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = h.parser(
+        __doc__,
+        "pretrain",
+        quick_help="one generated fraction, short sequences, 1 warm-up + 1 timed step, 1 pair",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=("32", "bf16"), default="32")
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--n-layers", type=int, default=4)
-    p.add_argument("--n-heads", type=int, default=8)
-    p.add_argument("--d-hid", type=int, default=512)
-    p.add_argument(
-        "--dropout",
-        type=float,
-        default=0.0,
-        help="0 by default: attention dropout makes CPU SDPA use its math kernel",
+    h.add_shape_args(p, SHAPE)
+    h.add_options(
+        p,
+        n_tokens=h.CENSUS_TOKENS,
+        batch_size=8,
+        seq_len=(1200, "max_seq_len incl. <cls>"),
+        min_expressed=1150,
+        max_expressed=1400,
     )
-    p.add_argument("--n-tokens", type=int, default=CENSUS_TOKENS)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=1200, help="max_seq_len incl. <cls>")
-    p.add_argument("--min-expressed", type=int, default=1150)
-    p.add_argument("--max-expressed", type=int, default=1400)
     p.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     p.add_argument("--variants", nargs="+", default=["two_sdpa", "dense"])
-    p.add_argument("--n-batches", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--steps", type=int, default=3)
+    h.add_options(
+        p,
+        n_batches=3,
+        warmup=1,
+        steps=3,
+    )
     p.add_argument(
         "--repeats",
         type=int,
@@ -507,25 +502,22 @@ def main() -> None:
         default=0,
         help="1: profile one extra step per own-process run (attention share of the time)",
     )
-    p.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 16))
-    p.add_argument("--out", type=Path, default=None)
     # internal
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     p.add_argument("--ratio", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    import warnings
-
-    warnings.filterwarnings("ignore")
+    args = h.parse(p, quick=QUICK)
+    args.threads = args.threads or h.usable_cores()
+    h.setup_logging("pretrain_throughput")
 
     if args.worker:
         run = paired_worker if args.variant == "paired" else worker
-        args.result.write_text(json.dumps(run(args)))
+        h.write_json(args.result, run(args))
         return
 
     t0 = time.perf_counter()
-    out = args.out or OUT / f"throughput_{args.device.split(':')[0]}_{args.precision}.json"
+    out = args.out / f"throughput_{args.device.split(':')[0]}_{args.precision}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     equality = check_equal(args)
     print(f"equality check: {json.dumps(equality)}", flush=True)
@@ -538,12 +530,12 @@ def main() -> None:
         cmd += ["--ratio", str(ratio), "--result", str(res_path)]
         for key in WORKER_ARGS:
             cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        env = {**h.worker_env("ours"), "PYTHONWARNINGS": "ignore"}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
             raise SystemExit(f"worker {variant} {ratio} failed")
-        res = json.loads(res_path.read_text())
+        res = h.read_json(res_path)
         res_path.unlink()
         return res
 
@@ -577,37 +569,21 @@ def main() -> None:
                 f"{res['max_rel_loss_diff_over_steps']:.1e} (relative)",
                 flush=True,
             )
-    import torch
-
     report = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {
-            "cpu": _cpu_name(),
-            "cores": os.cpu_count(),
-            "threads": args.threads,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
-        "settings": {
-            k: (str(v) if isinstance(v, Path) else v)
-            for k, v in vars(args).items()
-            if k not in ("worker", "variant", "ratio", "result")
-        },
         "equality": equality,
         "runs": runs,
         "paired": paired,
         "seconds": time.perf_counter() - t0,
     }
-    report["summary"] = summarize(report)
-    out.write_text(json.dumps(report, indent=1))
+    report["summary"] = summarize(report, args.batch_size)
+    h.write_results(args, report, out.name, indent=1)
     print(table(report))
     print(f"total {report['seconds']:.0f} s -> {out}")
 
 
-def summarize(report: dict) -> list[dict]:
-    """Per (fraction, variant): all timed steps of all repeats pooled."""
+def summarize(report: dict, bs: int) -> list[dict]:
+    """Per (fraction, variant): all timed steps of all repeats pooled (batch size ``bs``)."""
     rows = []
-    bs = report["settings"]["batch_size"]
     keys = sorted({(r["ratio"], r["variant"]) for r in report["runs"]})
     for ratio, variant in keys:
         rs = [r for r in report["runs"] if r["ratio"] == ratio and r["variant"] == variant]

@@ -25,34 +25,25 @@ Usage (from the repository root; serialise with other CPU benchmarks)::
     flock /tmp/scvi_scgpt_cpu.lock .venv/bin/python benchmarks/train_step_speed.py
     .venv/bin/python benchmarks/train_step_speed.py --quick      # smoke run, no RESULTS.md
 
-Writes ``benchmarks/output/train_step_speed.json`` and (full runs) the "Training-step speed
-(issue #3)" section of ``benchmarks/RESULTS.md``.
+Needs the official side's interpreter (``.official-venv``, ``scripts/official_env/setup.sh``).
+Writes ``benchmarks/output/train_step_speed/results.json`` and (full runs) the marked
+"Training-step speed (issue #3)" section of ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shlex
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import _harness as h
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-
-import _bench_common as bc  # noqa: E402
 
 SHAPES = {
     "small": {"d_model": 256, "n_heads": 4, "d_hid": 256, "n_layers": 4},
-    "whole-human": {"d_model": 512, "n_heads": 8, "d_hid": 512, "n_layers": 12},
+    "whole-human": h.WHOLE_HUMAN,
 }
 CASES = {
     "integration": {
@@ -73,34 +64,10 @@ CASES = {
 N_BINS = 51
 MASK_RATIO = 0.4
 TARGET_SPEEDUP = 1.5
+SECTION = "train_step_speed"
 SECTION_TITLE = "## Training-step speed (issue #3)"
-BEGIN_MARK = "<!-- train_step_speed:begin -->"
-END_MARK = "<!-- train_step_speed:end -->"
-OUT_DIR = HERE / "output"
-
-
-def log(msg: str) -> None:
-    print(f"[train_step_speed {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def machine_info() -> dict:
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem_gib = float("nan")
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            mem_gib = int(line.split()[1]) / 2**20
-    return {
-        "cpu_model": cpu,
-        "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "memory_gib": round(mem_gib, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
+QUICK = {"warmup": 1, "steps": 2, "repeats": 1}
+log = h.setup_logging("train_step_speed", quiet=False)
 
 
 def census_ids() -> tuple[int, int, int]:
@@ -150,22 +117,11 @@ def make_batch(case: dict, n_tokens: int, pad_id: int, cls_id: int, seed: int) -
     }
 
 
-def worker_env(side: str) -> dict:
-    env = dict(os.environ)
-    if side == "ours":
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p
-        )
-    else:
-        env.pop("PYTHONPATH", None)
-    return env
-
-
 def run_worker(side: str, python: str, run_dir: Path, tag: str, precision: str = "32") -> dict:
     out_json = run_dir / f"{side}_{precision}{tag}.json"
     cmd = [
         python,
-        str(HERE / "_train_step_worker.py"),
+        str(h.BENCH_DIR / "_train_step_worker.py"),
         "--side",
         side,
         "--case",
@@ -179,11 +135,11 @@ def run_worker(side: str, python: str, run_dir: Path, tag: str, precision: str =
         "--precision",
         precision,
     ]
-    proc = subprocess.run(cmd, env=worker_env(side), capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=h.worker_env(side), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{side} worker failed:\n{proc.stdout}\n{proc.stderr[-4000:]}")
     log("  " + proc.stdout.strip().splitlines()[-1])
-    return json.loads(out_json.read_text())
+    return h.read_json(out_json)
 
 
 def compare_losses(ours: dict, official: dict) -> dict:
@@ -253,6 +209,11 @@ def results_section(payload: dict) -> str:
         "step-0 loss rel. diff |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    where = [
+        "",
+        "Where the time goes (median seconds per step: forward / backward / clip + Adam):",
+        "",
+    ]
     for name, res in payload["cases"].items():
         o, r = res["official"], res["ours"]
         lines.append(
@@ -263,37 +224,15 @@ def results_section(payload: dict) -> str:
             f"({o['added_rss_mb']:+,.0f}) | {r['peak_rss_mb']:,.0f} MiB "
             f"({r['added_rss_mb']:+,.0f}) | {res['loss_check']['step0_rel_diff']:.1e} |"
         )
-    lines += [
-        "",
-        "Where the time goes (median seconds per step: forward / backward / clip + Adam):",
-        "",
-    ]
-    for name, res in payload["cases"].items():
-        o, r = res["official"], res["ours"]
-        lines.append(
+        where.append(
             f"- {name}: official {o['median_forward_s']:.3f} / {o['median_backward_s']:.3f} / "
             f"{o['median_optimizer_s']:.3f}; ours {r['median_forward_s']:.3f} / "
             f"{r['median_backward_s']:.3f} / {r['median_optimizer_s']:.3f}"
         )
-    lines += ["", payload["verdict"], ""]
+    lines += [*where, "", payload["verdict"], ""]
     if payload.get("notes"):
         lines += [payload["notes"], ""]
     return "\n".join(lines)
-
-
-def update_results_md(path: Path, section: str) -> None:
-    block = f"{BEGIN_MARK}\n{section}{END_MARK}\n"
-    if path.exists():
-        text = path.read_text(encoding="utf-8")
-        if BEGIN_MARK in text and END_MARK in text:
-            head, rest = text.split(BEGIN_MARK, 1)
-            tail = rest.split(END_MARK, 1)[1].lstrip("\n")
-            text = head + block + ("\n" + tail if tail else "")
-        else:
-            text = text.rstrip() + "\n\n" + block
-    else:
-        text = "# Benchmark results\n\n" + block
-    path.write_text(text, encoding="utf-8")
 
 
 def measure(args, name: str, spec: dict, run_dir: Path, precision: str, payload: dict) -> dict:
@@ -333,39 +272,38 @@ def measure(args, name: str, spec: dict, run_dir: Path, precision: str, payload:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    p = h.parser(
+        __doc__,
+        "train_step_speed",
+        quick_help="1 warm-up + 2 timed steps, 1 repeat; leaves RESULTS.md alone",
+        results_md=True,
     )
     p.add_argument("--cases", default=",".join(CASES), help="subset of: " + ", ".join(CASES))
     p.add_argument("--shape", default="small", choices=sorted(SHAPES))
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--steps", type=int, default=7, help="timed steps per process (>= 5)")
-    p.add_argument("--repeats", type=int, default=2, help="processes per side (alternating)")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--precisions",
         default="32,bf16",
         help="comma-separated: 32 (float32, the comparison), bf16 (CPU autocast, both sides)",
     )
-    p.add_argument("--quick", action="store_true", help="1 warm-up + 2 steps, 1 repeat")
-    p.add_argument("--ours-python", default=str(ROOT / ".venv" / "bin" / "python"))
-    p.add_argument("--official-python", default=str(ROOT / ".official-venv" / "bin" / "python"))
-    p.add_argument("--results-md", default=str(HERE / "RESULTS.md"))
-    p.add_argument("--no-results-md", action="store_true")
-    return p.parse_args(argv)
+    h.add_options(
+        p,
+        warmup=2,
+        steps=(7, "timed steps per process (>= 5)"),
+        repeats=(2, "processes per side (alternating)"),
+    )
+    h.add_python_args(p)
+    args = h.parse(p, argv, quick=QUICK)
+    args.threads = args.threads or h.usable_cores()
+    h.require_python(args.official_python, "official")
+    return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.quick:
-        args.warmup, args.steps, args.repeats = 1, 2, 1
     shape = SHAPES[args.shape]
     n_tokens, pad_id, cls_id = census_ids()
     payload: dict = {
-        "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": machine_info(),
         "shape": args.shape,
         "shape_desc": (
             f"d_model {shape['d_model']}, {shape['n_heads']} heads, d_hid {shape['d_hid']}, "
@@ -380,7 +318,7 @@ def main(argv=None) -> None:
     }
     for name in args.cases.split(","):
         spec = CASES[name]
-        run_dir = OUT_DIR / "train_step" / f"{args.shape}_{name}"
+        run_dir = args.out / "runs" / f"{args.shape}_{name}"
         run_dir.mkdir(parents=True, exist_ok=True)
         case = {
             "name": name,
@@ -393,7 +331,7 @@ def main(argv=None) -> None:
             "n_warmup": args.warmup,
             "n_steps": args.steps,
         }
-        (run_dir / "case.json").write_text(json.dumps(case, indent=2))
+        h.write_json(run_dir / "case.json", case)
         batch = make_batch(spec, n_tokens, pad_id, cls_id, args.seed)
         np.savez(run_dir / "batch.npz", **batch)
         log(f"{name}: batch {batch['gene_ids'].shape}, {spec['description']}")
@@ -410,13 +348,12 @@ def main(argv=None) -> None:
         + ", ".join(f"{k} {v:.2f}x" for k, v in speedups.items())
         + ")."
     )
-    out = OUT_DIR / ("train_step_speed_quick.json" if args.quick else "train_step_speed.json")
-    bc.write_json(out, payload)
+    out = h.write_results(args, payload)
     log(f"wrote {out}")
     section = results_section(payload)
     print(section)
-    if not args.quick and not args.no_results_md:
-        update_results_md(Path(args.results_md), section)
+    if args.results_md is not None:
+        h.write_section(SECTION, section, args.results_md)
         log(f"updated {args.results_md}")
 
 

@@ -21,22 +21,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import scanpy as sc  # noqa: E402
-from sklearn.model_selection import StratifiedKFold  # noqa: E402
-from sklearn.neighbors import KNeighborsClassifier  # noqa: E402
 
-from scvi_scgpt import SCGPT, datasets  # noqa: E402
-
-
-def knn_accuracy(x: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """5-fold cross-validated 15-NN label-transfer accuracy: mean and standard deviation."""
-    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
-    scores = []
-    for train, test in folds.split(x, labels):
-        knn = KNeighborsClassifier(n_neighbors=15).fit(x[train], labels[train])
-        scores.append(knn.score(x[test], labels[test]))
-    return float(np.mean(scores)), float(np.std(scores))
+from scvi_scgpt import SCGPT, datasets, pl, tl  # noqa: E402
 
 
 def make_random_model_dir(adata, path: Path, seed: int) -> None:
@@ -94,33 +81,26 @@ def main() -> None:
     adata.obsm["X_pca"] = base.obsm["X_pca"]
 
     acc = {
-        name: knn_accuracy(adata.obsm[key], labels, args.seed)
+        name: tl.knn_accuracy(adata.obsm[key], labels, seed=args.seed)
         for name, key in (("scGPT", "X_scGPT"), ("PCA", "X_pca"))
     }
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
-    for ax, (name, key) in zip(axes, (("scGPT", "X_scGPT"), ("PCA (log-normalised)", "X_pca"))):
-        sc.pp.neighbors(adata, use_rep=key, random_state=args.seed, key_added=f"nn_{key}")
-        view = adata.copy()
-        view.uns["neighbors"] = adata.uns[f"nn_{key}"]
-        view.obsp["distances"] = adata.obsp[f"nn_{key}_distances"]
-        view.obsp["connectivities"] = adata.obsp[f"nn_{key}_connectivities"]
-        sc.tl.umap(view, random_state=args.seed)
-        if key == "X_scGPT":
-            adata.obsm["X_umap"] = view.obsm["X_umap"]
-        sc.pl.umap(
-            view,
-            color="bulk_labels",
-            ax=ax,
-            show=False,
-            title=f"{name} UMAP",
-            legend_loc="right margin" if key == "X_pca" else "none",
-            frameon=False,
-        )
+    fig = pl.embedding_panels(
+        adata,
+        ["X_scGPT", "X_pca"],
+        "bulk_labels",
+        titles=["scGPT UMAP", "PCA (log-normalised) UMAP"],
+        seed=args.seed,
+        panel_size=5.5,
+    )
     fig.suptitle(f"{adata.n_obs} PBMCs (pbmc68k subset), coloured by cell type")
     fig.tight_layout()
     fig.savefig(args.out / "umap.png", dpi=110)
     plt.close(fig)
+    view = adata.copy()
+    sc.pp.neighbors(view, use_rep="X_scGPT", random_state=args.seed)
+    sc.tl.umap(view, random_state=args.seed)
+    adata.obsm["X_umap"] = view.obsm["X_umap"]
 
     adata.write_h5ad(args.out / "pbmc68k_scgpt.h5ad")
     lines = [
@@ -130,7 +110,10 @@ def main() -> None:
         f"embedding: {adata.obsm['X_scGPT'].shape} in obsm['X_scGPT'], {seconds:.2f} s "
         f"({adata.n_obs / seconds:,.0f} cells/s on CPU)",
         "15-NN label transfer (5-fold CV, bulk_labels):",
-        *(f"  {name:6s} accuracy {m:.3f} +- {s:.3f}" for name, (m, s) in acc.items()),
+        *(
+            f"  {name:6s} accuracy {m['accuracy_mean']:.3f} +- {m['accuracy_sd']:.3f}"
+            for name, m in acc.items()
+        ),
         "Note: a randomly initialised model is not expected to beat PCA; load official "
         "weights with --model-dir for a real comparison.",
         "files: pbmc68k_scgpt.h5ad, umap.png, summary.txt",

@@ -3,10 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import anndata as ad
-import numpy as np
-import pandas as pd
 import pytest
-import scipy.sparse as sp
+
+from tests._builders import make_counts
 
 OFFICIAL = Path(__file__).parent / "data" / "official"
 
@@ -22,81 +21,6 @@ def official_cells() -> ad.AnnData:
     return ad.read_h5ad(OFFICIAL / "zeroshot_cells.h5ad")
 
 
-def make_counts(
-    n_cells: int = 40,
-    genes: list[str] | None = None,
-    *,
-    density: float = 0.4,
-    seed: int = 0,
-    n_batches: int = 1,
-) -> ad.AnnData:
-    """Random integer counts (many ties) over real gene symbols."""
-    if genes is None:
-        from scvi_scgpt.data import GeneVocab
-
-        genes = GeneVocab.census().tokens[1000:1120]
-    rng = np.random.default_rng(seed)
-    x = sp.random(
-        n_cells,
-        len(genes),
-        density=density,
-        format="csr",
-        random_state=seed,
-        data_rvs=lambda n: rng.integers(1, 30, n),
-    ).astype(np.float32)
-    x[:, 0] = 1.0  # no empty cell
-    x = sp.csr_matrix(x)
-    obs = pd.DataFrame(
-        {
-            "batch": pd.Categorical([f"b{i % n_batches}" for i in range(n_cells)]),
-            "cell_type": pd.Categorical([f"t{i % 3}" for i in range(n_cells)]),
-        },
-        index=[f"cell{i}" for i in range(n_cells)],
-    )
-    return ad.AnnData(x, obs=obs, var=pd.DataFrame(index=list(genes)))
-
-
 @pytest.fixture
 def counts_adata() -> ad.AnnData:
     return make_counts()
-
-
-def make_structured_counts(
-    n_cells: int = 240,
-    n_genes: int = 80,
-    *,
-    n_types: int = 3,
-    n_batches: int = 2,
-    batch_shift: float = 4.0,
-    seed: int = 0,
-) -> ad.AnnData:
-    """Poisson counts with cell-type marker genes and a strong batch effect.
-
-    Each type over-expresses its own block of genes; each batch multiplies its own block of
-    genes by ``batch_shift`` and switches on a few genes of its own.
-    """
-    from scvi_scgpt.data import GeneVocab
-
-    rng = np.random.default_rng(seed)
-    genes = GeneVocab.census().tokens[2000 : 2000 + n_genes]
-    types = rng.integers(0, n_types, n_cells)
-    batches = rng.integers(0, n_batches, n_cells)
-    rate = np.full((n_cells, n_genes), 0.6)
-    block = n_genes // (2 * n_types)
-    for t in range(n_types):
-        rate[types == t, t * block : (t + 1) * block] *= 8.0
-    half = n_genes // 2
-    for b in range(n_batches):
-        cols = slice(half + b * 6, half + (b + 1) * 6)
-        rate[batches == b, cols] = 6.0
-        rate[batches == b, half + 20 :] *= batch_shift ** (b % 2)
-    x = rng.poisson(rate).astype(np.float32)
-    x[:, 0] += 1  # no empty cell
-    obs = pd.DataFrame(
-        {
-            "batch": pd.Categorical([f"b{b}" for b in batches]),
-            "cell_type": pd.Categorical([f"type{t}" for t in types]),
-        },
-        index=[f"c{i}" for i in range(n_cells)],
-    )
-    return ad.AnnData(sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=genes))

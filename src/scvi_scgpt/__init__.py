@@ -5,10 +5,17 @@ from __future__ import annotations
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
-from scvi_scgpt import data, datasets, model, module, nn
+from scvi_scgpt import data, dataloaders, datasets, model, module, nn, pl, tl, train
+from scvi_scgpt._exceptions import CheckpointError
 from scvi_scgpt.data import GeneVocab, TokenizerConfig, bin_expression, tokenize_cells
-from scvi_scgpt.model import SCGPT, CheckpointError
-from scvi_scgpt.module import ArchitectureConfig, SCGPTModule
+from scvi_scgpt.model import SCGPT
+from scvi_scgpt.module import ArchitectureConfig, ObjectiveConfig, SCGPTModule
+
+# Streaming moved from data/ (numpy and AnnData only) to dataloaders/ in 0.2. The old
+# `scvi_scgpt.data.StreamingAnnDataModule` path keeps working: importing any submodule runs
+# this file first. Set here, not imported in data/, so data/ never imports torch plumbing.
+data.StreamingAnnDataModule = dataloaders.StreamingAnnDataModule
+data.AnnDataFileStream = dataloaders.AnnDataFileStream
 
 try:
     __version__ = version("scvi-scgpt")
@@ -28,13 +35,18 @@ __all__ = [
     "ArchitectureConfig",
     "CheckpointError",
     "GeneVocab",
+    "ObjectiveConfig",
     "SCGPTModule",
     "TokenizerConfig",
     "bin_expression",
     "data",
+    "dataloaders",
     "datasets",
     "model",
     "module",
     "nn",
+    "pl",
+    "tl",
     "tokenize_cells",
+    "train",
 ]

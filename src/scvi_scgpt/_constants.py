@@ -25,14 +25,36 @@ MAX_SEQ_LEN = 1200
 
 
 class _TokenKeys(NamedTuple):
+    """Names of the tensors in a minibatch (the one contract between data and module)."""
+
+    #: ``(B, L)`` vocabulary ids, ``<cls>`` first.
     GENE_IDS: str = "gene_ids"
+    #: ``(B, L)`` input values (binned expression; masked positions hold ``MASK_VALUE``).
     VALUES: str = "values"
+    #: ``(B, L)`` bool, ``True`` at padding.
     PADDING_MASK: str = "padding_mask"
+    #: ``(B, L)`` unmasked values, the targets of GEP/GEPC.
     TARGET_VALUES: str = "target_values"
+    #: ``(B,)`` batch codes (scvi-tools ``REGISTRY_KEYS.BATCH_KEY``).
+    BATCH: str = "batch"
+    #: ``(B,)`` label codes (scvi-tools ``REGISTRY_KEYS.LABELS_KEY``).
+    LABELS: str = "labels"
+    #: ``(B,)`` row of each cell in its AnnData or stream.
     CELL_INDEX: str = "cell_index"
+    #: ``(B, Lg)`` ids of the genes to generate (generative pretraining).
     GEN_GENE_IDS: str = "gen_gene_ids"
+    #: ``(B, Lg)`` bool, ``True`` at padding of the generated genes.
     GEN_PADDING_MASK: str = "gen_padding_mask"
+    #: ``(B, Lg)`` target values of the generated genes.
     GEN_TARGETS: str = "gen_targets"
+    #: ``(B, L)`` modality id per token (multi-omic models, official ``mod_type``).
+    MODALITY_IDS: str = "modality_ids"
+    #: ``(B, L)`` perturbation flag per token (perturbation models, official ``pert_flags``).
+    PERT_FLAGS: str = "pert_flags"
+    #: Key of the expression matrix in an scvi-tools minibatch (``REGISTRY_KEYS.X_KEY``).
+    X: str = "X"
+    #: Per-minibatch vocabulary id of each matrix column (streamed files differ in genes).
+    COLUMN_VOCAB_IDS: str = "column_vocab_ids"
 
 
 #: Keys of the tensor dictionaries produced by tokenization and consumed by the module.

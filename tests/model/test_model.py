@@ -7,7 +7,7 @@ import scipy.sparse as sp
 import torch
 
 from scvi_scgpt import SCGPT, GeneVocab
-from tests.conftest import make_counts
+from tests._builders import make_counts
 
 TINY = {"d_model": 16, "n_heads": 2, "d_hid": 32, "n_layers": 2, "dropout": 0.0}
 

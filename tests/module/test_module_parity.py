@@ -7,19 +7,15 @@ import pytest
 import torch
 
 from scvi_scgpt.data import GeneVocab
-from scvi_scgpt.model._checkpoint import (
-    infer_architecture,
-    load_into_module,
-    read_args,
-    read_state_dict,
-)
-from scvi_scgpt.module import SCGPTModule
+from scvi_scgpt.model import load_into_module, read_args, read_state_dict
+from scvi_scgpt.module import SCGPTModule, infer_architecture
 
 
 def _load(model_dir):
     vocab = GeneVocab.from_file(model_dir / "vocab.json")
     state = read_state_dict(model_dir / "best_model.pt")
-    config = infer_architecture(state, read_args(model_dir / "args.json"), vocab)
+    args = read_args(model_dir / "args.json")
+    config = infer_architecture(state, args, n_tokens=len(vocab), pad_id=vocab.pad_id)
     module = SCGPTModule(config)
     audit = load_into_module(module, state)
     assert not audit.unexpected and not audit.initialised

@@ -17,7 +17,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from scvi_scgpt import SCGPT  # noqa: E402
-from tests.conftest import make_structured_counts  # noqa: E402
+from tests._builders import make_structured_counts  # noqa: E402
 
 
 def main(out: Path) -> None:

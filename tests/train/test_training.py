@@ -10,7 +10,7 @@ import torch
 
 from scvi_scgpt import SCGPT
 from scvi_scgpt.train import ObjectiveConfig, TokenCollator, mask_values
-from tests.conftest import make_structured_counts
+from tests._builders import make_structured_counts
 
 TINY = {"d_model": 32, "n_heads": 2, "d_hid": 32, "n_layers": 2, "dropout": 0.0}
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False}

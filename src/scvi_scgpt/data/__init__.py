@@ -1,25 +1,19 @@
-"""Vocabulary, gene matching, binning and tokenization."""
+"""Vocabulary, gene matching, binning and tokenization (numpy and AnnData only)."""
 
 from __future__ import annotations
 
 from scvi_scgpt.data._binning import bin_expression, quantile_edges
+from scvi_scgpt.data._files import open_anndata_file, read_gene_names
 from scvi_scgpt.data._genes import GeneMatch, ensembl_to_symbol, is_ensembl_id, match_genes
-from scvi_scgpt.data._stream import (
-    AnnDataFileStream,
-    StreamingAnnDataModule,
-    vocab_from_anndata_files,
-)
 from scvi_scgpt.data._tokenize import (
     TokenizedCells,
     TokenizerConfig,
     check_expression_values,
     tokenize_cells,
 )
-from scvi_scgpt.data._vocab import GeneVocab
+from scvi_scgpt.data._vocab import GeneVocab, vocab_from_anndata_files
 
 __all__ = [
-    "AnnDataFileStream",
-    "StreamingAnnDataModule",
     "vocab_from_anndata_files",
     "GeneMatch",
     "GeneVocab",
@@ -30,6 +24,8 @@ __all__ = [
     "ensembl_to_symbol",
     "is_ensembl_id",
     "match_genes",
+    "open_anndata_file",
     "quantile_edges",
+    "read_gene_names",
     "tokenize_cells",
 ]

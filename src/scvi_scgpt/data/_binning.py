@@ -115,7 +115,7 @@ def bin_expression(
     n_bins: int = N_BINS,
     uniforms: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Bin each cell's non-zero values into ``1 .. n_bins - 1`` by per-cell quantiles.
+    """Bin each cell's non-zero values into bins 1 to ``n_bins - 1`` by per-cell quantiles.
 
     Official scGPT semantics: the edges are the ``n_bins - 1`` quantiles of the cell's non-zero
     values; a value gets the bin ``l = #{edges <= v}`` unless it is tied with edges, in which case

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from scvi_scgpt._constants import CLS_TOKEN, EOC_TOKEN, PAD_TOKEN, SPECIAL_TOKENS
+from scvi_scgpt.data._files import read_gene_names
 
 _BUNDLED_CENSUS_VOCAB = "census_vocab.json.gz"
 
@@ -108,9 +109,12 @@ class GeneVocab:
         Files are ``.h5ad`` or ``.zarr``; genes keep their order of first appearance, the
         specials follow, and no expression matrix is loaded.
         """
-        from scvi_scgpt.data._stream import vocab_from_anndata_files
-
-        return vocab_from_anndata_files(files, gene_symbols_key=gene_symbols_key)
+        if not files:
+            raise ValueError("No files given.")
+        genes: dict[str, None] = {}
+        for path in files:
+            genes.update(dict.fromkeys(str(g) for g in read_gene_names(path, gene_symbols_key)))
+        return cls.from_genes(genes)
 
     @classmethod
     def census(cls) -> GeneVocab:
@@ -185,3 +189,13 @@ def _census_tokens() -> tuple[str, ...]:
     with ref.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as fh:
         mapping = json.load(fh)
     return tuple(GeneVocab.from_dict(mapping, add_specials=False).tokens)
+
+
+def vocab_from_anndata_files(
+    files: Sequence[str | Path], *, gene_symbols_key: str | None = None
+) -> GeneVocab:
+    """A vocabulary of every gene in ``files`` (order of first appearance) plus specials.
+
+    Same as :meth:`GeneVocab.from_anndata_files`.
+    """
+    return GeneVocab.from_anndata_files(files, gene_symbols_key=gene_symbols_key)

@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING
 
 import anndata
 
+from scvi_scgpt.datasets._gears import read_gears
+from scvi_scgpt.datasets._simulate import simulate_perturbseq
+
 if TYPE_CHECKING:
     import mudata
 
@@ -40,4 +43,4 @@ def cite_pbmc_2batch() -> mudata.MuData:
         return mudata.read_h5mu(path)
 
 
-__all__ = ["cite_pbmc_2batch", "pbmc68k_700"]
+__all__ = ["cite_pbmc_2batch", "pbmc68k_700", "read_gears", "simulate_perturbseq"]

@@ -80,7 +80,7 @@ class GenerationMixin:
                 f"{len(unknown)} target genes are not in the vocabulary: {unknown[:5]}"
             )
         adata = self._validate_anndata(adata)
-        idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+        idx = self._as_indices(adata, indices)
         if cell_prompt is not None:
             cell_prompt = np.asarray(cell_prompt, dtype=np.float32)
             if cell_prompt.shape != (len(idx), self.architecture.d_model):
@@ -89,30 +89,34 @@ class GenerationMixin:
                     f"got {cell_prompt.shape}."
                 )
         self.module.eval()
-        device = self.device
-        out = np.empty((len(idx), len(target_ids)), dtype=np.float32)
-        targets = torch.as_tensor(target_ids, device=device)
+        targets = torch.as_tensor(target_ids, device=self.device)
         max_bin = float((self.tokenizer_config.n_bins or 51) - 1)
-        for positions, tensors in self._prompt_batches(adata, idx, batch_size, target_ids):
-            t = {k: torch.from_numpy(v).to(device) for k, v in tensors.items()}
+        prompts = None if cell_prompt is None else torch.from_numpy(cell_prompt)
+
+        def step(t, positions):
             prompt = None
-            if cell_prompt is not None:
-                prompt = torch.from_numpy(cell_prompt[positions]).to(device)
+            if prompts is not None:
+                prompt = prompts[positions].to(self.device)
                 keep_cls = torch.zeros_like(t[TOKEN_KEYS.PADDING_MASK])
                 keep_cls[:, 1:] = True  # known tokens: <cls> only
                 t[TOKEN_KEYS.PADDING_MASK] = t[TOKEN_KEYS.PADDING_MASK] | keep_cls
-            values = self._generate_batch(t, targets, n_steps, prompt, max_bin)
-            out[positions] = values.cpu().numpy()
-        return pd.DataFrame(out, index=adata.obs_names[idx], columns=list(genes))
+            return self._generate_batch(t, targets, n_steps, prompt, max_bin)
 
-    def _prompt_batches(self, adata, idx, batch_size, target_ids):
-        """Token batches with the target genes removed from the known tokens."""
+        # the target genes are removed from the known tokens
         column_ids = self._column_vocab_ids(adata)
         column_ids[np.isin(column_ids, target_ids)] = -1
-        tokenizer = dataclasses.replace(self.tokenizer_config, allow_empty_cells=True)
-        return self._token_batches(
-            adata, idx, batch_size, 4096, column_ids=column_ids, tokenizer=tokenizer
-        )
+        out = np.empty((len(idx), len(target_ids)), dtype=np.float32)
+        for positions, values in self._run_batches(
+            adata,
+            idx,
+            step,
+            batch_size=batch_size,
+            column_ids=column_ids,
+            tokenizer=dataclasses.replace(self.tokenizer_config, allow_empty_cells=True),
+            desc="Generating",
+        ):
+            out[positions] = values.cpu().numpy()
+        return pd.DataFrame(out, index=adata.obs_names[idx], columns=list(genes))
 
     def _generate_batch(self, t, targets, n_steps, prompt, max_bin) -> torch.Tensor:
         module = self.module
@@ -128,12 +132,12 @@ class GenerationMixin:
                 known_ids,
                 known_values,
                 known_pad,
-                t.get("batch"),
+                t.get(TOKEN_KEYS.BATCH),
                 gen_gene_ids=gen_ids,
                 cell_prompt=prompt,
             )
             gen = module.generative(
-                inf["gen_encoded"], inf["cell_emb"], inf["gen_gene_embs"], t.get("batch")
+                inf["gen_encoded"], inf["cell_emb"], inf["gen_gene_embs"], t.get(TOKEN_KEYS.BATCH)
             )
             pred = gen["expr"].float().clamp(0.0, max_bin)
             if "mvc" in gen:

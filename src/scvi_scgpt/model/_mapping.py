@@ -6,24 +6,18 @@ import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS
 
 from scvi_scgpt._constants import TOKEN_KEYS
 from scvi_scgpt.model._checkpoint import load_into_module
+from scvi_scgpt.module import PER_BATCH_ROWS
+from scvi_scgpt.tl import knn_label_transfer
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
 logger = logging.getLogger(__name__)
-
-#: Tensors whose first dimension is the number of batches (rows copied over on extension).
-_PER_BATCH_ROWS = (
-    "batch_encoder.embedding.weight",
-    "grad_reverse_discriminator.out_layer.weight",
-    "grad_reverse_discriminator.out_layer.bias",
-)
 
 
 class ReferenceMappingMixin:
@@ -82,7 +76,7 @@ class ReferenceMappingMixin:
         model.gene_subset_ = ref.gene_subset_
         state = {k: v.detach().clone() for k, v in ref.module.state_dict().items()}
         own = model.module.state_dict()
-        for key in _PER_BATCH_ROWS:
+        for key in PER_BATCH_ROWS:
             if key in state and own[key].shape[0] > state[key].shape[0]:
                 grown = own[key].clone()
                 n_old = state[key].shape[0]
@@ -107,6 +101,18 @@ class ReferenceMappingMixin:
             return
         codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
         module = self.module
+        module.eval()
+
+        def update_statistics(t, _positions):
+            # DSBN normalises each token with its cell's batch: in train mode, the one domain
+            # of these cells updates its running statistics
+            module.embed_inputs(
+                t[TOKEN_KEYS.GENE_IDS],
+                t[TOKEN_KEYS.VALUES],
+                t[TOKEN_KEYS.PADDING_MASK],
+                t.get(TOKEN_KEYS.BATCH),
+            )
+
         for d in domains:
             cells = np.flatnonzero(codes == d)
             if len(cells) == 0:
@@ -114,15 +120,15 @@ class ReferenceMappingMixin:
             bn = module.dsbn.bns[d]
             bn.reset_running_stats()
             bn.momentum = None  # cumulative average over all query cells
+            module.dsbn.training = True  # statistics of real tokens only (the other bns stay)
             bn.train()
-            for _, tensors in self._token_batches(self.adata, cells, batch_size, 4096):
-                t = {k: torch.from_numpy(v).to(self.device) for k, v in tensors.items()}
-                genes = module.encoder(t[TOKEN_KEYS.GENE_IDS])
-                total = genes + module.value_encoder(t[TOKEN_KEYS.VALUES])
-                keep = ~t[TOKEN_KEYS.PADDING_MASK]
-                bn(total[keep])
+            for _ in self._run_batches(
+                self.adata, cells, update_statistics, batch_size=batch_size, progress_bar=False
+            ):
+                pass
             bn.momentum = 0.1
             bn.eval()
+            module.dsbn.training = False
             logger.info("Estimated DSBN statistics of new batch %d from %d cells.", d, len(cells))
 
     def transfer_labels(
@@ -140,7 +146,7 @@ class ReferenceMappingMixin:
         As in the official reference-mapping tutorial: both datasets are embedded (L2-
         normalised ``<cls>`` embeddings), each query cell takes the most frequent label among
         its ``n_neighbors`` nearest reference cells (Euclidean on normalised embeddings, i.e.
-        cosine), ties going to the nearer neighbours.
+        cosine), ties going to the nearer neighbours (:func:`scvi_scgpt.tl.knn_label_transfer`).
 
         Parameters
         ----------
@@ -162,8 +168,6 @@ class ReferenceMappingMixin:
         Nothing; sets ``query.obs[key_added]`` (categorical label) and
         ``query.obs[key_added + "_confidence"]`` (fraction of neighbours agreeing).
         """
-        from sklearn.neighbors import NearestNeighbors
-
         reference = self.adata if reference is None else reference
         if labels_key not in reference.obs:
             raise KeyError(f"labels_key={labels_key!r} is not a column of reference.obs.")
@@ -177,18 +181,11 @@ class ReferenceMappingMixin:
             reference, indices=np.flatnonzero(known), batch_size=batch_size
         )
         query_emb = self.get_latent_representation(query, batch_size=batch_size)
-        codes, classes = pd.factorize(labels[known].astype(str))
-        nn_index = NearestNeighbors(n_neighbors=n_neighbors).fit(ref_emb)
-        dist, idx = nn_index.kneighbors(query_emb)
-        votes = codes[idx]  # (n_query, k), nearest first
-        counts = np.zeros((len(votes), len(classes)), dtype=np.float64)
-        rows = np.repeat(np.arange(len(votes)), n_neighbors)
-        # weight 1 per vote plus a tiny rank bonus so ties go to the nearer neighbours
-        bonus = np.tile(np.linspace(1e-6, 0, n_neighbors), len(votes))
-        np.add.at(counts, (rows, votes.ravel()), 1.0 + bonus)
-        winner = counts.argmax(1)
-        query.obs[key_added] = pd.Categorical(np.asarray(classes)[winner], categories=classes)
-        query.obs[f"{key_added}_confidence"] = (votes == winner[:, None]).mean(1)
+        predicted, confidence = knn_label_transfer(
+            ref_emb, labels[known].astype(str).to_numpy(), query_emb, n_neighbors=n_neighbors
+        )
+        query.obs[key_added] = predicted
+        query.obs[f"{key_added}_confidence"] = confidence
 
 
 def _categories(adata, cls) -> list:

@@ -1,4 +1,4 @@
-"""Typed architecture configuration of the scGPT network."""
+"""Typed configurations of the scGPT network: its architecture and its training objectives."""
 
 from __future__ import annotations
 
@@ -54,11 +54,19 @@ class ArchitectureConfig:
         Keep the ``flag_encoder`` embedding of generative pretraining.
     ecs_threshold
         The ``ecs_threshold`` recorded in official ``args.json`` files (kept for export).
-        Training uses :attr:`scvi_scgpt.train.ObjectiveConfig.ecs_threshold`.
+        Training uses :attr:`ObjectiveConfig.ecs_threshold`.
     pre_norm
         Pre-norm transformer layers (official checkpoints are post-norm).
     use_flash
         Use flash-attn on CUDA half precision when installed.
+    use_pert_flags, pert_pad_id
+        Perturbation models (official ``TransformerGenerator``): add the per-gene
+        perturbation-flag embedding ``pert_encoder`` (3 ids; ``pert_pad_id`` is its padding
+        row, 0 in the official tutorial, 2 by default).
+    affine_decoder, decoder_activation, decoder_adaptive_bias
+        Use the ``AffineExprDecoder`` (``coeff * input value + bias``) as ``decoder``; it is
+        also used whenever an activation (a ``torch.nn`` name) or the adaptive bias is set,
+        as in the official constructor.
     """
 
     n_tokens: int
@@ -86,6 +94,16 @@ class ArchitectureConfig:
     ecs_threshold: float = 0.3
     pre_norm: bool = False
     use_flash: bool = True
+    use_pert_flags: bool = False
+    pert_pad_id: int = 2
+    affine_decoder: bool = False
+    decoder_activation: str | None = None
+    decoder_adaptive_bias: bool = False
+
+    @property
+    def uses_affine_decoder(self) -> bool:
+        """Whether ``decoder`` is the ``AffineExprDecoder``."""
+        return self.affine_decoder or bool(self.decoder_activation) or self.decoder_adaptive_bias
 
     def __post_init__(self) -> None:
         for name in ("n_tokens", "d_model", "n_heads", "d_hid", "n_layers"):
@@ -107,6 +125,10 @@ class ArchitectureConfig:
             raise ValueError("input_emb_style='category' needs n_input_bins.")
         if self.cell_emb_style not in ("cls", "avg-pool", "w-pool"):
             raise ValueError(f"Unknown cell_emb_style {self.cell_emb_style!r}.")
+        if not 0 <= self.pert_pad_id <= 2:
+            raise ValueError(f"pert_pad_id must be 0, 1 or 2, got {self.pert_pad_id}.")
+        if self.uses_affine_decoder and self.use_batch_labels:
+            raise ValueError("The AffineExprDecoder does not take batch labels.")
         needs_batches = self.do_dab or self.use_batch_labels or self.domain_spec_batchnorm
         if needs_batches and self.n_batch < 1:
             raise ValueError(
@@ -126,3 +148,92 @@ class ArchitectureConfig:
         if unknown:
             raise ValueError(f"Unknown architecture options: {sorted(unknown)}.")
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """Which scGPT objectives are trained, and their weights.
+
+    Parameters
+    ----------
+    gep
+        Masked gene-expression prediction: MSE on masked positions.
+    gepc
+        Gene-expression prediction from the cell embedding (the MVC decoder), MSE on masked
+        positions.
+    explicit_zero_prob
+        Also train the heads' probability that a value is non-zero (Bernoulli NLL).
+    ecs
+        Elastic cell similarity: pushes cosine similarities between cell embeddings away
+        from ``ecs_threshold``.
+    dar
+        Domain adaptation by reverse back-propagation: an adversarial batch classifier
+        behind a gradient-reversal layer.
+    cls
+        Cell-type classification (cross-entropy on the ``cls_decoder`` logits).
+    generative
+        Generative pretraining under the scGPT attention mask: a fraction of each cell's
+        expressed genes (drawn per minibatch from ``gen_ratios``) becomes tokens to generate
+        (gene embedding + flag, no value); ``gep`` is then the MSE of their predicted bins and
+        ``gepc`` the MVC prediction of them from the cell embedding.
+    cell_prompt
+        With ``generative``, add the cell-prompt step: the cell embedding of the first pass
+        (detached) replaces ``<cls>`` and the generated genes are predicted again.
+    gen_ratios
+        Fractions of generated genes drawn from per minibatch.
+    mask_ratio
+        Fraction of each cell's gene tokens (``<cls>`` and padding excluded) whose value is
+        replaced by the mask value; ``int(n * mask_ratio)`` per cell.
+    perturbation
+        Perturbation-response training (official perturbation tutorial): the input is a
+        control cell's log-normalised expression with per-gene perturbation flags, the target
+        a perturbed cell's expression; MSE over every gene token. Needs a perturbation model
+        (``use_pert_flags``) and the paired-control collator.
+    ecs_threshold, ecs_weight, dar_weight, gep_weight, gepc_weight, cls_weight
+        Threshold and loss weights (official integration tutorial: 0.8, 10, 1).
+    """
+
+    gep: bool = True
+    gepc: bool = False
+    explicit_zero_prob: bool = False
+    ecs: bool = False
+    dar: bool = False
+    cls: bool = False
+    generative: bool = False
+    cell_prompt: bool = True
+    perturbation: bool = False
+    gen_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
+    mask_ratio: float = 0.4
+    ecs_threshold: float = 0.8
+    ecs_weight: float = 10.0
+    dar_weight: float = 1.0
+    gep_weight: float = 1.0
+    gepc_weight: float = 1.0
+    cls_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}.")
+        if (
+            (self.gep or self.gepc)
+            and self.mask_ratio == 0
+            and not (self.generative or self.perturbation)
+        ):
+            raise ValueError("GEP/GEPC need masked positions: set mask_ratio > 0.")
+        if not any((self.gep, self.gepc, self.ecs, self.dar, self.cls, self.perturbation)):
+            raise ValueError("At least one objective must be switched on.")
+
+    def to_dict(self) -> dict:
+        """Plain-dict form."""
+        return asdict(self)
+
+    def required_architecture(self) -> dict[str, bool]:
+        """The :class:`ArchitectureConfig` options (heads) these objectives need."""
+        needs = {
+            "do_mvc": self.gepc,
+            "explicit_zero_prob": self.explicit_zero_prob,
+            "do_dab": self.dar,
+            "use_generative_flag": self.generative,
+            "use_pert_flags": self.perturbation,
+        }
+        return {k: True for k, v in needs.items() if v}

@@ -8,10 +8,12 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
 from scvi_scgpt._constants import MASK_VALUE, TOKEN_KEYS
-from scvi_scgpt.module._config import ArchitectureConfig
+from scvi_scgpt.module._config import ArchitectureConfig, ObjectiveConfig
 from scvi_scgpt.module._losses import elastic_cell_similarity, masked_bernoulli_nll, masked_mse
+from scvi_scgpt.module._perturbation import perturbation_loss
 from scvi_scgpt.nn import (
     AdversarialDiscriminator,
+    AffineExprDecoder,
     BatchLabelEncoder,
     CategoryValueEncoder,
     ClsDecoder,
@@ -20,10 +22,9 @@ from scvi_scgpt.nn import (
     ExprDecoder,
     GeneEncoder,
     MVCDecoder,
+    PerturbationFlagEncoder,
     TransformerEncoder,
 )
-
-BATCH_KEY = "batch"
 
 
 class SCGPTModule(BaseModuleClass):
@@ -32,7 +33,9 @@ class SCGPTModule(BaseModuleClass):
     Submodule names equal those of the official ``TransformerModel`` (``encoder``,
     ``value_encoder``, ``transformer_encoder.layers.{i}.self_attn.in_proj_weight``, ``decoder``,
     ``mvc_decoder``, ``cls_decoder``, ``grad_reverse_discriminator``, ``batch_encoder``,
-    ``dsbn``, ``bn``, ``flag_encoder``), so ``state_dict()`` is an official state dict.
+    ``dsbn``, ``bn``, ``flag_encoder``) and, for perturbation models, of the official
+    ``TransformerGenerator`` (``pert_encoder``, ``decoder.coeff_decoder`` /
+    ``decoder.bias_decoder``), so ``state_dict()`` is an official state dict.
 
     Parameters
     ----------
@@ -54,6 +57,8 @@ class SCGPTModule(BaseModuleClass):
             self.value_encoder = nn.Identity()
         if c.use_generative_flag:
             self.flag_encoder = nn.Embedding(2, c.d_model)
+        if c.use_pert_flags:
+            self.pert_encoder = PerturbationFlagEncoder(c.d_model, c.pert_pad_id)
         if c.use_batch_labels:
             self.batch_encoder = BatchLabelEncoder(c.n_batch, c.d_model)
         if c.domain_spec_batchnorm:
@@ -71,7 +76,12 @@ class SCGPTModule(BaseModuleClass):
             use_flash=c.use_flash,
         )
         d_dec = 2 * c.d_model if c.use_batch_labels else c.d_model
-        self.decoder = ExprDecoder(c.d_model, c.explicit_zero_prob, d_in=d_dec)
+        if c.uses_affine_decoder:
+            self.decoder = AffineExprDecoder(
+                c.d_model, c.explicit_zero_prob, c.decoder_activation, c.decoder_adaptive_bias
+            )
+        else:
+            self.decoder = ExprDecoder(c.d_model, c.explicit_zero_prob, d_in=d_dec)
         if c.n_cls > 0:
             self.cls_decoder = ClsDecoder(c.d_model, c.n_cls, n_layers=c.n_layers_cls)
         if c.do_mvc:
@@ -95,13 +105,21 @@ class SCGPTModule(BaseModuleClass):
         values: torch.Tensor,
         padding_mask: torch.Tensor | None = None,
         batch_index: torch.Tensor | None = None,
+        pert_flags: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Input embeddings ``(B, L, d)`` and the LayerNorm-ed gene embeddings ``(B, L, d)``."""
+        """Input embeddings ``(B, L, d)`` and the LayerNorm-ed gene embeddings ``(B, L, d)``.
+
+        ``pert_flags`` (``(B, L)`` ids 0/1, perturbation models only) add the flag embedding.
+        """
         gene_embs = self.encoder(gene_ids)
         if self.config.input_emb_style == "scaling":
             total = gene_embs * values.unsqueeze(-1)
         else:
             total = gene_embs + self.value_encoder(values)
+        if pert_flags is not None:
+            if not hasattr(self, "pert_encoder"):
+                raise ValueError("Perturbation flags need a perturbation model (use_pert_flags).")
+            total = total + self.pert_encoder(pert_flags.long())
         if hasattr(self, "dsbn"):
             token_mask = None if padding_mask is None else ~padding_mask
             total = self.dsbn(total, self._batch(batch_index, total), token_mask)
@@ -133,10 +151,12 @@ class SCGPTModule(BaseModuleClass):
             "gene_ids": tensors[TOKEN_KEYS.GENE_IDS],
             "values": tensors[TOKEN_KEYS.VALUES],
             "padding_mask": tensors[TOKEN_KEYS.PADDING_MASK],
-            "batch_index": tensors.get(BATCH_KEY),
+            "batch_index": tensors.get(TOKEN_KEYS.BATCH),
         }
         if TOKEN_KEYS.GEN_GENE_IDS in tensors:
-            inputs["gen_gene_ids"] = tensors[TOKEN_KEYS.GEN_GENE_IDS]
+            inputs.update(gen_gene_ids=tensors[TOKEN_KEYS.GEN_GENE_IDS])
+        if TOKEN_KEYS.PERT_FLAGS in tensors:
+            inputs.update(pert_flags=tensors[TOKEN_KEYS.PERT_FLAGS])
         return inputs
 
     @auto_move_data
@@ -149,6 +169,9 @@ class SCGPTModule(BaseModuleClass):
         cls_only: bool = False,
         gen_gene_ids: torch.Tensor | None = None,
         cell_prompt: torch.Tensor | None = None,
+        attention_layer: int | None = None,
+        attention_kinds: tuple[str, ...] = ("raw",),
+        pert_flags: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Encode token sequences.
 
@@ -159,8 +182,16 @@ class SCGPTModule(BaseModuleClass):
         genes are generated under the scGPT generative attention mask; ``gen_encoded`` and
         ``gen_gene_embs`` are added. ``cell_prompt`` (``(B, d)``) replaces the ``<cls>``
         input embedding (the cell-prompt step).
+
+        With ``attention_layer`` (negative counts from the end), ``attention`` is added:
+        ``{kind: (B, H, L, L)}`` per-head scores of that layer (``attention_kinds``:
+        ``"raw"`` q·kᵀ, ``"softmax"`` weights), zero at padding.
+
+        ``pert_flags`` (``(B, L)``): per-token perturbation flags of perturbation models.
         """
-        total, gene_embs = self.embed_inputs(gene_ids, values, padding_mask, batch_index)
+        total, gene_embs = self.embed_inputs(
+            gene_ids, values, padding_mask, batch_index, pert_flags
+        )
         if cell_prompt is not None:
             total = torch.cat([cell_prompt.unsqueeze(1).to(total.dtype), total[:, 1:]], dim=1)
         if gen_gene_ids is not None:
@@ -183,13 +214,22 @@ class SCGPTModule(BaseModuleClass):
         # pooled styles average over every position, padding included (official semantics),
         # so they need the padded computation
         encoded = self.transformer_encoder(
-            total, padding_mask, cls_only=cls_only, packed=None if cls_style else False
+            total,
+            padding_mask,
+            cls_only=cls_only,
+            packed=None if cls_style else False,
+            attention_layer=attention_layer,
+            attention_kinds=attention_kinds,
         )
-        return {
-            "encoded": encoded,
-            "cell_emb": self.cell_embedding(encoded, values, padding_mask),
-            "gene_embs": gene_embs,
-        }
+        out = {}
+        if attention_layer is not None:
+            encoded, out["attention"] = encoded
+        out.update(
+            encoded=encoded,
+            cell_emb=self.cell_embedding(encoded, values, padding_mask),
+            gene_embs=gene_embs,
+        )
+        return out
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
         if "gen_encoded" in inference_outputs:  # decode the generated tokens
@@ -197,13 +237,14 @@ class SCGPTModule(BaseModuleClass):
                 "encoded": inference_outputs["gen_encoded"],
                 "cell_emb": inference_outputs["cell_emb"],
                 "gene_embs": inference_outputs["gen_gene_embs"],
-                "batch_index": tensors.get(BATCH_KEY),
+                "batch_index": tensors.get(TOKEN_KEYS.BATCH),
             }
         return {
             "encoded": inference_outputs["encoded"],
             "cell_emb": inference_outputs["cell_emb"],
             "gene_embs": inference_outputs["gene_embs"],
-            "batch_index": tensors.get(BATCH_KEY),
+            "batch_index": tensors.get(TOKEN_KEYS.BATCH),
+            "values": tensors.get(TOKEN_KEYS.VALUES),
         }
 
     @auto_move_data
@@ -213,8 +254,9 @@ class SCGPTModule(BaseModuleClass):
         cell_emb: torch.Tensor,
         gene_embs: torch.Tensor,
         batch_index: torch.Tensor | None = None,
+        values: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Apply the output heads.
+        """Apply the output heads (``values``: the input values, for the affine decoder).
 
         Returns ``expr`` (GEP) and, when built, ``expr_zero_probs``, ``mvc`` (GEPC),
         ``mvc_zero_probs``, ``cls_logits`` and ``dab_logits``.
@@ -225,7 +267,12 @@ class SCGPTModule(BaseModuleClass):
             batch_emb = self.batch_encoder(self._batch(batch_index, encoded))
             tokens = torch.cat([encoded, batch_emb.unsqueeze(1).expand_as(encoded)], dim=2)
             cell = torch.cat([cell_emb, batch_emb], dim=1)
-        expr = self.decoder(tokens)
+        if self.config.uses_affine_decoder:
+            if values is None:
+                raise ValueError("The AffineExprDecoder needs the input values.")
+            expr = self.decoder(tokens, values)
+        else:
+            expr = self.decoder(tokens)
         out["expr"] = expr["pred"]
         if "zero_probs" in expr:
             out["expr_zero_probs"] = expr["zero_probs"]
@@ -253,7 +300,7 @@ class SCGPTModule(BaseModuleClass):
         inference_outputs, generative_outputs
             Outputs of :meth:`inference` and :meth:`generative`.
         objectives
-            :class:`~scvi_scgpt.train.ObjectiveConfig`; default: GEP (+ GEPC when built).
+            :class:`~scvi_scgpt.module.ObjectiveConfig`; default: GEP (+ GEPC when built).
 
         Returns
         -------
@@ -262,10 +309,10 @@ class SCGPTModule(BaseModuleClass):
         ``cls_accuracy`` when classifying.
         """
         if objectives is None:
-            from scvi_scgpt.train import ObjectiveConfig
-
             objectives = ObjectiveConfig(gepc=hasattr(self, "mvc_decoder"))
         obj = objectives
+        if obj.perturbation:
+            return perturbation_loss(tensors, generative_outputs)
         if obj.generative:
             return self._generative_loss(tensors, inference_outputs, generative_outputs, obj)
         values = tensors[TOKEN_KEYS.VALUES]
@@ -290,11 +337,11 @@ class SCGPTModule(BaseModuleClass):
         metrics: dict[str, torch.Tensor] = {}
         if obj.dar:
             self._require(gen, "dab_logits", "do_dab")
-            batch = self._batch(tensors.get(BATCH_KEY), values)
+            batch = self._batch(tensors.get(TOKEN_KEYS.BATCH), values)
             terms["dar"] = obj.dar_weight * F.cross_entropy(gen["dab_logits"], batch)
         if obj.cls:
             self._require(gen, "cls_logits", "n_cls")
-            labels = tensors["labels"].reshape(-1).long().to(values.device)
+            labels = tensors[TOKEN_KEYS.LABELS].reshape(-1).long().to(values.device)
             terms["cls"] = obj.cls_weight * F.cross_entropy(gen["cls_logits"], labels)
             metrics["cls_accuracy"] = (gen["cls_logits"].argmax(1) == labels).float().mean()
         if not terms:
@@ -325,7 +372,7 @@ class SCGPTModule(BaseModuleClass):
                 tensors[TOKEN_KEYS.GENE_IDS],
                 tensors[TOKEN_KEYS.VALUES],
                 tensors[TOKEN_KEYS.PADDING_MASK],
-                tensors.get(BATCH_KEY),
+                tensors.get(TOKEN_KEYS.BATCH),
                 gen_gene_ids=tensors[TOKEN_KEYS.GEN_GENE_IDS],
                 cell_prompt=prompt,
             )

@@ -17,10 +17,12 @@ from scvi_scgpt.nn._heads import (
     MVCDecoder,
     grad_reverse,
 )
+from scvi_scgpt.nn._perturbation import AffineExprDecoder, PerturbationFlagEncoder
 from scvi_scgpt.nn._transformer import TransformerEncoder, TransformerEncoderLayer
 
 __all__ = [
     "AdversarialDiscriminator",
+    "AffineExprDecoder",
     "BatchLabelEncoder",
     "CategoryValueEncoder",
     "ClsDecoder",
@@ -30,6 +32,7 @@ __all__ = [
     "GeneEncoder",
     "MVCDecoder",
     "PackedTokens",
+    "PerturbationFlagEncoder",
     "SelfAttention",
     "TransformerEncoder",
     "TransformerEncoderLayer",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +96,41 @@ class PackedTokens:
             buckets.append((index, valid, mask))
         return buckets
 
+    @functools.cached_property
+    def bucket_positions(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(cells (nb,), padded positions (nb, Lb))`` of each bucket's rows and slots.
+
+        Slot ``p`` of a bucket row is the ``p``-th real token of that cell; for padding slots
+        the position is one of the cell's padding positions (its values are zeros).
+        """
+        lengths = self._lengths
+        n_cells, n_pos = self.shape
+        real = torch.zeros(n_cells * n_pos, dtype=torch.bool, device=lengths.device)
+        real[self.index] = True
+        # real positions first, in order, then the padding positions
+        order = torch.argsort(~real.view(n_cells, n_pos), dim=1, stable=True)
+        cells = torch.argsort(lengths, stable=True)
+        out = []
+        for group in torch.tensor_split(cells, min(self.max_buckets, len(cells))):
+            if len(group) == 0:
+                continue
+            width = int(lengths[group].max())
+            out.append((group, order[group, :width]))
+        return out
+
+    def scatter_scores(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Per-bucket ``(nb, H, Lb, Lb)`` scores -> ``(B, H, L, L)``, zeros at padding."""
+        n_cells, n_pos = self.shape
+        first = parts[0]
+        full = first.new_zeros((n_cells, first.shape[1], n_pos, n_pos))
+        for part, (_, valid, _), (cells, positions) in zip(
+            parts, self.buckets, self.bucket_positions
+        ):
+            pair = valid[:, :, None] & valid[:, None, :]  # (nb, Lb, Lb)
+            values = part.permute(0, 2, 3, 1) * pair[..., None]  # (nb, Lb, Lb, H)
+            full[cells[:, None, None], :, positions[:, :, None], positions[:, None, :]] = values
+        return full
+
     @property
     def max_len(self) -> int:
         """Longest sequence (flash-attn's ``max_seqlen``)."""
@@ -123,6 +159,60 @@ class PackedTokens:
         """Inverse of :meth:`bucketed`: per-bucket outputs -> ``(N, ...)``."""
         flat = torch.cat([part[valid] for part, (_, valid, _) in zip(parts, self.buckets)])
         return flat.index_select(0, self._from_buckets)
+
+
+#: Kinds of attention scores a layer can return.
+ATTENTION_KINDS = ("raw", "softmax")
+
+
+def _check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    unknown = [k for k in kinds if k not in ATTENTION_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"Attention kinds must be among {ATTENTION_KINDS}, got {kinds!r}.")
+    return kinds
+
+
+def attention_with_scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    kinds: Sequence[str],
+    dropout: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Explicit ``softmax(q·kᵀ/√d)·v`` that also returns the scores.
+
+    Parameters
+    ----------
+    q, k, v
+        ``(B, H, L, Dh)``.
+    key_padding_mask
+        ``(B, L)`` bool, ``True`` at padding, or ``None``.
+    kinds
+        ``"raw"`` (q·kᵀ, unscaled: the official attention-GRN input) and/or ``"softmax"``
+        (the attention weights).
+    dropout
+        Dropout of the attention weights (the returned weights are before dropout).
+
+    Returns
+    -------
+    The attention output ``(B, H, L, Dh)`` and ``{kind: (B, H, L, L)}``; scores are zero
+    wherever the query or the key is padding.
+    """
+    raw = q @ k.transpose(-1, -2)
+    logits = raw / math.sqrt(q.shape[-1])
+    pad = None
+    if key_padding_mask is not None and key_padding_mask.any():
+        logits = logits.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        pad = (key_padding_mask[:, :, None] | key_padding_mask[:, None, :])[:, None]
+    weights = logits.float().softmax(-1).to(q.dtype)
+    out = F.dropout(weights, dropout) @ v if dropout > 0 else weights @ v
+    scores = {}
+    for kind in kinds:
+        value = raw if kind == "raw" else weights
+        scores[kind] = value if pad is None else value.masked_fill(pad, 0.0)
+    return out, scores
 
 
 class SelfAttention(nn.Module):
@@ -174,7 +264,8 @@ class SelfAttention(nn.Module):
         *,
         attn_mask: torch.Tensor | None = None,
         query_index: int | None = None,
-    ) -> torch.Tensor:
+        return_attention: Sequence[str] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Attend.
 
         Parameters
@@ -189,9 +280,21 @@ class SelfAttention(nn.Module):
         query_index
             When given, compute the output of this position only (``(B, 1, d)``); the last
             layer of a CLS-embedding pass needs nothing else.
+        return_attention
+            Also return per-head scores ``{kind: (B, H, L, L)}`` (kinds ``"raw"``,
+            ``"softmax"``; see :func:`attention_with_scores`). This runs an explicit
+            attention instead of SDPA / flash-attn, so ask only when the scores are needed.
         """
         dropout = self.dropout if self.training else 0.0
         qkv = self.project_qkv(x)
+        if return_attention is not None:
+            if query_index is not None:
+                raise ValueError("Attention scores need every query: no query_index.")
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            out, scores = attention_with_scores(
+                q, k, v, key_padding_mask, _check_kinds(return_attention), dropout
+            )
+            return self.out_proj(out.transpose(1, 2).flatten(2)), scores
         if query_index is None and self._flash_applies(qkv):
             return self.out_proj(self._flash_forward(qkv, key_padding_mask, dropout))
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
@@ -211,14 +314,34 @@ class SelfAttention(nn.Module):
             and qkv.dtype in (torch.float16, torch.bfloat16)
         )
 
-    def packed_forward(self, x: torch.Tensor, tokens: PackedTokens) -> torch.Tensor:
+    def packed_forward(
+        self,
+        x: torch.Tensor,
+        tokens: PackedTokens,
+        return_attention: Sequence[str] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Attend over packed tokens: ``(N, d)`` real tokens of ``tokens`` -> ``(N, d)``.
 
         The projections run on the real tokens only; the attention runs per length bucket
         (SDPA) or, with flash-attn on CUDA half precision, directly on the packed sequences.
+        With ``return_attention``, each bucket runs the explicit attention and the scores are
+        returned as ``{kind: (B, H, L, L)}`` in the padded layout (as :meth:`forward`).
         """
         dropout = self.dropout if self.training else 0.0
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        if return_attention is not None:
+            kinds = _check_kinds(return_attention)
+            outputs, parts = [], {kind: [] for kind in kinds}
+            for part, (_, valid, _) in zip(tokens.bucketed(qkv), tokens.buckets):
+                q, k, v = part.unflatten(-1, (3, self.n_heads, self.head_dim)).permute(
+                    2, 0, 3, 1, 4
+                )
+                out, scores = attention_with_scores(q, k, v, ~valid, kinds, dropout)
+                outputs.append(out.transpose(1, 2).flatten(2))
+                for kind in kinds:
+                    parts[kind].append(scores[kind])
+            full = {kind: tokens.scatter_scores(parts[kind]) for kind in kinds}
+            return self.out_proj(tokens.unbucket(outputs)), full
         if self._flash_applies(qkv):
             packed = qkv.unflatten(-1, (3, self.n_heads, self.head_dim))
             out = _flash_varlen(packed, tokens.cu_seqlens, tokens.max_len, dropout)
@@ -305,13 +428,3 @@ class SelfAttention(nn.Module):
         tokens = PackedTokens(key_padding_mask)
         out = _flash_varlen(tokens.pack(qkv), tokens.cu_seqlens, tokens.max_len, dropout)
         return tokens.pad(out).flatten(2)
-
-    def attention_scores(
-        self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Softmax attention weights ``(B, H, L, L)`` (for analysis; memory-heavy)."""
-        q, k, _ = self.project_qkv(x).permute(2, 0, 3, 1, 4).unbind(0)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
-        if key_padding_mask is not None:
-            scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-        return scores.softmax(-1)

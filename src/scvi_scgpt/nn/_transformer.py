@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -55,25 +57,42 @@ class TransformerEncoderLayer(nn.Module):
         *,
         attn_mask: torch.Tensor | None = None,
         query_index: int | None = None,
-    ) -> torch.Tensor:
-        """``(B, L, d)`` -> ``(B, L, d)``, or ``(B, 1, d)`` for ``query_index``."""
+        return_attention: Sequence[str] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(B, L, d)`` -> ``(B, L, d)``, or ``(B, 1, d)`` for ``query_index``.
+
+        With ``return_attention``, also the attention scores (see
+        :meth:`SelfAttention.forward`).
+        """
         residual = x if query_index is None else x[:, query_index : query_index + 1]
         kwargs = {"attn_mask": attn_mask, "query_index": query_index}
-        if self.norm_first:
-            h = self.self_attn(self.norm1(x), key_padding_mask, **kwargs)
-            x = residual + self.dropout1(h)
-            return x + self._ffn(self.norm2(x))
-        h = self.self_attn(x, key_padding_mask, **kwargs)
-        x = self.norm1(residual + self.dropout1(h))
-        return self.norm2(x + self._ffn(x))
+        if return_attention is not None:
+            kwargs["return_attention"] = return_attention
+        h = self.self_attn(self.norm1(x) if self.norm_first else x, key_padding_mask, **kwargs)
+        return self._finish(residual, h)
 
-    def packed_forward(self, x: torch.Tensor, tokens: PackedTokens) -> torch.Tensor:
-        """The layer on packed real tokens ``(N, d)`` (same result as :meth:`forward`)."""
+    def _finish(self, residual: torch.Tensor, h) -> torch.Tensor | tuple:
+        """Residual, norms and feed-forward after the attention output ``h``."""
+        h, scores = h if isinstance(h, tuple) else (h, None)
         if self.norm_first:
-            x = x + self.dropout1(self.self_attn.packed_forward(self.norm1(x), tokens))
-            return x + self._ffn(self.norm2(x))
-        x = self.norm1(x + self.dropout1(self.self_attn.packed_forward(x, tokens)))
-        return self.norm2(x + self._ffn(x))
+            x = residual + self.dropout1(h)
+            x = x + self._ffn(self.norm2(x))
+        else:
+            x = self.norm1(residual + self.dropout1(h))
+            x = self.norm2(x + self._ffn(x))
+        return x if scores is None else (x, scores)
+
+    def packed_forward(
+        self,
+        x: torch.Tensor,
+        tokens: PackedTokens,
+        return_attention: Sequence[str] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The layer on packed real tokens ``(N, d)`` (same result as :meth:`forward`)."""
+        h = self.self_attn.packed_forward(
+            self.norm1(x) if self.norm_first else x, tokens, return_attention
+        )
+        return self._finish(x, h)
 
     def generative_forward(
         self,
@@ -90,15 +109,7 @@ class TransformerEncoderLayer(nn.Module):
             known_padding_mask,
             project_generated=project_generated,
         )
-        outputs = []
-        for x, h in ((known, a_k), (generated, a_g)):
-            if self.norm_first:
-                x = x + self.dropout1(h)
-                outputs.append(x + self._ffn(self.norm2(x)))
-            else:
-                x = self.norm1(x + self.dropout1(h))
-                outputs.append(self.norm2(x + self._ffn(x)))
-        return outputs[0], outputs[1]
+        return self._finish(known, a_k), self._finish(generated, a_g)
 
 
 class TransformerEncoder(nn.Module):
@@ -117,7 +128,9 @@ class TransformerEncoder(nn.Module):
         *,
         cls_only: bool = False,
         packed: bool | None = None,
-    ) -> torch.Tensor:
+        attention_layer: int | None = None,
+        attention_kinds: Sequence[str] = ("raw",),
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Run all layers.
 
         With ``cls_only`` the last layer computes position 0 only and ``(B, 1, d)`` is returned,
@@ -128,8 +141,24 @@ class TransformerEncoder(nn.Module):
         same outputs either way (up to float rounding); padding positions of a packed run are
         zeros, so use it only where padding outputs are ignored (``<cls>`` embeddings, masked
         losses).
+
+        With ``attention_layer`` (an index; negative counts from the end), that layer also
+        returns its per-head attention scores ``{kind: (B, H, L, L)}`` (``attention_kinds``:
+        ``"raw"`` q·kᵀ and/or ``"softmax"`` weights) and ``(output, scores)`` is returned.
+        That layer then runs an explicit attention; the other layers are unchanged, and
+        nothing changes when ``attention_layer`` is ``None``.
         """
         last = len(self.layers) - 1
+        want = None
+        if attention_layer is not None:
+            want = attention_layer + len(self.layers) if attention_layer < 0 else attention_layer
+            if not 0 <= want <= last:
+                raise ValueError(
+                    f"attention_layer={attention_layer} outside the {last + 1} layers."
+                )
+            if cls_only and want == last:
+                cls_only = False  # the scores need every query of the last layer
+        scores = None
         attn_mask = keys_attention_mask(key_padding_mask)
         if attn_mask is None:
             key_padding_mask = None
@@ -144,13 +173,20 @@ class TransformerEncoder(nn.Module):
         if n_packed:
             tokens = PackedTokens(key_padding_mask)
             h = tokens.pack(x)
-            for layer in self.layers[:n_packed]:
-                h = layer.packed_forward(h, tokens)
+            for i, layer in enumerate(self.layers[:n_packed]):
+                h = layer.packed_forward(h, tokens, attention_kinds if i == want else None)
+                if i == want:
+                    h, scores = h
             x = tokens.pad(h)
         for i in range(n_packed, last + 1):
             query = 0 if cls_only and i == last else None
-            x = self.layers[i](x, key_padding_mask, attn_mask=attn_mask, query_index=query)
-        return x
+            kinds = attention_kinds if i == want else None
+            x = self.layers[i](
+                x, key_padding_mask, attn_mask=attn_mask, query_index=query, return_attention=kinds
+            )
+            if i == want:
+                x, scores = x
+        return x if want is None else (x, scores)
 
     def generative_forward(
         self,

@@ -1,0 +1,295 @@
+"""Model input/output: official model directories, and our own save format (no pickle)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from anndata import AnnData
+from scvi import settings
+
+from scvi_scgpt._constants import CLS_VALUE_PRETRAIN, MAX_SEQ_LEN, N_BINS
+from scvi_scgpt._exceptions import CheckpointError
+from scvi_scgpt.data import GeneVocab
+from scvi_scgpt.model._base import BUILD_ON_META
+from scvi_scgpt.model._checkpoint import (
+    CheckpointAudit,
+    load_into_module,
+    read_args,
+    read_state_dict,
+)
+from scvi_scgpt.model._scvi_compat import pick_device
+from scvi_scgpt.model._serialization import from_jsonable, to_jsonable
+from scvi_scgpt.module import infer_architecture, official_args, to_torch_layout
+
+logger = logging.getLogger(__name__)
+
+_MODEL_FILE = "model.pt"
+_META_FILE = "scvi_scgpt.json"
+_VOCAB_FILE = "vocab.json"
+_FORMAT_VERSION = 1
+
+
+class IOMixin:
+    """``from_pretrained`` / ``save_pretrained`` (official format) and ``save`` / ``load``."""
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | Path,
+        adata: AnnData,
+        *,
+        strict: bool = True,
+        max_seq_len: int | None = None,
+        seed: int = 0,
+        checkpoint: str | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        **overrides,
+    ):
+        """Load an official scGPT model directory.
+
+        The directory holds ``args.json``, ``vocab.json`` and ``best_model.pt``.
+
+        The architecture is read from the weights (sizes, which heads exist) and
+        ``args.json`` (heads count, styles). Flash-attn layouts (``self_attn.Wqkv.*``,
+        ``self_attn._impl.Wqkv.*``) are renamed to ``in_proj_*``. The file is read with
+        ``torch.load(weights_only=True)`` (or safetensors): a checkpoint that would run code
+        is refused. Every key is audited (:attr:`checkpoint_audit_`): extra heads in the file
+        (``flag_encoder``, ``mvc_decoder``, classifiers) are built and loaded, never dropped.
+
+        Parameters
+        ----------
+        model_dir
+            Official model directory.
+        adata
+            AnnData set up with :meth:`setup_anndata`.
+        strict
+            Refuse checkpoint tensors the architecture has no place for (else they are only
+            listed in ``checkpoint_audit_``).
+        max_seq_len
+            Tokens per cell; default ``args.json``'s ``max_seq_len`` or 1200.
+        seed
+            Seed of the per-cell random choices.
+        checkpoint
+            File name inside ``model_dir`` (default: ``best_model.pt``, else
+            ``model.safetensors``).
+        accelerator, device
+            Where to put the model (scvi-tools conventions).
+        **overrides
+            Architecture options overriding the checkpoint's (e.g. ``n_cls=8`` adds a fresh
+            classifier head; ``dropout``).
+
+        Returns
+        -------
+        The loaded :class:`SCGPT` model (marked as trained).
+        """
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise FileNotFoundError(f"Model directory {str(model_dir)!r} does not exist.")
+        vocab_path = model_dir / _VOCAB_FILE
+        if not vocab_path.is_file():
+            raise FileNotFoundError(f"{str(model_dir)!r} has no {_VOCAB_FILE}.")
+        vocab = GeneVocab.from_file(vocab_path)
+        args = read_args(model_dir / "args.json")
+        weights = cls._find_checkpoint(model_dir, checkpoint)
+        state, renamed = to_torch_layout(read_state_dict(weights, mmap=True))
+        config = infer_architecture(
+            state, args, n_tokens=len(vocab), pad_id=vocab.pad_id, **overrides
+        )
+        cfg = config.to_dict()
+        for key in ("n_tokens", "pad_id"):
+            cfg.pop(key)
+        # build on "meta" and adopt the (memory-mapped) checkpoint tensors: one copy in memory
+        token = BUILD_ON_META.set(True)
+        try:
+            model = cls(
+                adata,
+                vocab=vocab,
+                max_seq_len=int(max_seq_len or args.get("max_seq_len", MAX_SEQ_LEN)),
+                n_bins=int(args.get("n_bins", N_BINS)),
+                cls_value=CLS_VALUE_PRETRAIN,
+                seed=seed,
+                **cfg,
+            )
+        finally:
+            BUILD_ON_META.reset(token)
+        audit = load_into_module(
+            model.module,
+            state,
+            strict=strict,
+            renamed=renamed,
+            resized_heads=bool(overrides),
+            assign=True,
+        )
+        if audit.mismatched:
+            warnings.warn(
+                f"Re-initialised {len(audit.mismatched)} head tensors whose shape changed with "
+                f"the requested architecture: {list(audit.mismatched)}",
+                UserWarning,
+                stacklevel=settings.warnings_stacklevel,
+            )
+        if audit.unexpected:
+            warnings.warn(
+                f"Ignored {len(audit.unexpected)} checkpoint tensors: {audit.unexpected[:5]}",
+                UserWarning,
+                stacklevel=settings.warnings_stacklevel,
+            )
+        logger.info("Loaded %s: %s", weights, audit.summary().replace("\n", "; "))
+        model.checkpoint_audit_ = audit
+        model.is_trained_ = True
+        model.to_device(pick_device(accelerator, device))
+        model.module.eval()
+        return model
+
+    @staticmethod
+    def _find_checkpoint(model_dir: Path, name: str | None) -> Path:
+        if name is not None:
+            return model_dir / name
+        for candidate in ("best_model.pt", "model.safetensors", "best_model.safetensors"):
+            if (model_dir / candidate).is_file():
+                return model_dir / candidate
+        raise FileNotFoundError(
+            f"{str(model_dir)!r} has no best_model.pt or model.safetensors; name the weights "
+            "file with checkpoint=..."
+        )
+
+    def save_pretrained(self, dir_path: str | Path, *, overwrite: bool = False) -> None:
+        """Write an official-format model directory.
+
+        Files: ``args.json``, ``vocab.json`` and ``best_model.pt`` (a plain state dict with
+        the official key names), loadable by :meth:`from_pretrained` and official scGPT.
+        """
+        dir_path = self._prepare_dir(dir_path, overwrite, ("best_model.pt", "args.json"))
+        args = official_args(
+            self.architecture,
+            max_seq_len=self.tokenizer_config.max_seq_len,
+            n_bins=self.tokenizer_config.n_bins,
+            pad_value=self.tokenizer_config.pad_value,
+            mask_value=-1,
+            input_style="binned" if self.tokenizer_config.n_bins else "log1p",
+        )
+        (dir_path / "args.json").write_text(json.dumps(args, indent=2), encoding="utf-8")
+        self.vocab_.save(dir_path / _VOCAB_FILE)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+        torch.save(state, dir_path / "best_model.pt")
+
+    @staticmethod
+    def _prepare_dir(dir_path, overwrite: bool, files: Sequence[str]) -> Path:
+        dir_path = Path(dir_path)
+        if dir_path.exists() and not overwrite and any((dir_path / f).exists() for f in files):
+            raise FileExistsError(
+                f"{str(dir_path)!r} already holds a saved model; pass overwrite=True."
+            )
+        dir_path.mkdir(parents=True, exist_ok=True)
+        return dir_path
+
+    def save(
+        self,
+        dir_path: str | Path,
+        prefix: str | None = None,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        **anndata_write_kwargs,
+    ) -> None:
+        """Save the model to ``dir_path`` without pickle.
+
+        Writes ``model.pt`` (state dict, read back with ``weights_only=True``), ``vocab.json``
+        and ``scvi_scgpt.json`` (settings, scvi-tools registry, training history), plus
+        ``adata.h5ad`` with ``save_anndata``. :meth:`load` restores an identical model.
+        """
+        prefix = prefix or ""
+        dir_path = self._prepare_dir(dir_path, overwrite, (prefix + _MODEL_FILE,))
+        init = self.init_params_
+        non_kwargs = {k: v for k, v in init["non_kwargs"].items() if k != "vocab"}
+        meta = {
+            "format_version": _FORMAT_VERSION,
+            "model_name": type(self).__name__,
+            "init_params": {"non_kwargs": non_kwargs, "kwargs": init["kwargs"]},
+            "registry": self.registry_,
+            "attrs": {
+                k: v
+                for k, v in vars(self).items()
+                if k.endswith("_")
+                and not k.startswith("_")
+                and k not in ("init_params_", "registry_", "vocab_", "checkpoint_audit_")
+            },
+            "var_names": np.asarray(self.adata.var_names),
+        }
+        if self.checkpoint_audit_ is not None:
+            meta["checkpoint_audit"] = vars(self.checkpoint_audit_)
+        (dir_path / (prefix + _META_FILE)).write_text(
+            json.dumps(to_jsonable(meta)), encoding="utf-8"
+        )
+        self.vocab_.save(dir_path / (prefix + _VOCAB_FILE))
+        torch.save(self.module.state_dict(), dir_path / (prefix + _MODEL_FILE))
+        if save_anndata:
+            self.adata.write_h5ad(dir_path / (prefix + "adata.h5ad"), **anndata_write_kwargs)
+
+    @classmethod
+    def load(
+        cls,
+        dir_path: str | Path,
+        adata: AnnData | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        prefix: str | None = None,
+        **kwargs,
+    ):
+        """Load a model saved with :meth:`save` (no pickle is read).
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        adata
+            AnnData to attach (set up like the saved one; any genes). ``None`` reads
+            ``adata.h5ad`` saved alongside.
+        accelerator, device
+            Where to put the model.
+        prefix
+            File-name prefix used when saving.
+        """
+        dir_path = Path(dir_path)
+        prefix = prefix or ""
+        meta_path = dir_path / (prefix + _META_FILE)
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{str(meta_path)!r} not found: not a saved SCGPT model.")
+        try:
+            meta = from_jsonable(json.loads(meta_path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{str(meta_path)!r} is corrupt: {err}") from err
+        if meta.get("model_name") != cls.__name__:
+            raise ValueError(
+                f"{str(dir_path)!r} holds a {meta.get('model_name')}, not {cls.__name__}."
+            )
+        if adata is None:
+            h5ad = dir_path / (prefix + "adata.h5ad")
+            if not h5ad.is_file():
+                raise ValueError("Pass the AnnData to attach: no adata.h5ad was saved.")
+            import anndata
+
+            adata = anndata.read_h5ad(h5ad)
+        registry = meta["registry"]
+        cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
+        vocab = GeneVocab.from_file(dir_path / (prefix + _VOCAB_FILE))
+        init = meta["init_params"]
+        kwargs_flat = {k: v for group in init["kwargs"].values() for k, v in group.items()}
+        model = cls(adata, vocab=vocab, **init["non_kwargs"], **kwargs_flat)
+        for attr, value in meta["attrs"].items():
+            setattr(model, attr, value)
+        if "checkpoint_audit" in meta:
+            model.checkpoint_audit_ = CheckpointAudit(**meta["checkpoint_audit"])
+        state = read_state_dict(dir_path / (prefix + _MODEL_FILE))
+        load_into_module(model.module, state, strict=True)
+        missing = [k for k in model.module.state_dict() if k not in state]
+        if missing:
+            raise CheckpointError(f"Saved weights lack {missing[:5]}: the save is incomplete.")
+        model.to_device(pick_device(accelerator, device))
+        model.module.eval()
+        return model

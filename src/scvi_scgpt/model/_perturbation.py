@@ -1,0 +1,396 @@
+"""Perturbation prediction (``predict_perturbation``) and reverse perturbation."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scvi import REGISTRY_KEYS
+
+from scvi_scgpt._constants import TOKEN_KEYS
+from scvi_scgpt.dataloaders import PERTURBATION_KEY
+from scvi_scgpt.tl._perturbation_data import canonical_condition, condition_genes, dense_rows
+
+
+class PerturbationMixin:
+    """Predict the expression response to gene perturbations, and run it backwards.
+
+    Needs ``SCGPT.setup_anndata(adata, perturbation_key=...)`` and a perturbation model
+    (``train("perturbation")``, or an official ``TransformerGenerator`` checkpoint).
+    """
+
+    # ------------------------------------------------------------------ setup facts
+    def _perturbation_setup(self, adata: AnnData) -> tuple[str, str]:
+        args = self.get_anndata_manager(adata, required=True).registry["setup_args"]
+        if args.get("perturbation_key") is None:
+            raise ValueError(
+                "This AnnData was set up without perturbation_key: "
+                "SCGPT.setup_anndata(adata, perturbation_key='condition', control_group='ctrl')."
+            )
+        return args["perturbation_key"], args.get("control_group", "ctrl")
+
+    def _perturbed_columns(self, adata: AnnData, genes: Sequence[str]) -> np.ndarray:
+        """Matrix columns of perturbed genes; each must be a gene the model represents."""
+        names, source = self._gene_names(adata)
+        vocab_ids = self._column_vocab_ids(adata)
+        position = {str(g): i for i, g in enumerate(names)}
+        columns = []
+        for gene in genes:
+            col = position.get(str(gene))
+            if col is None:
+                raise ValueError(f"Perturbed gene {gene!r} is not a gene of {source}.")
+            if vocab_ids[col] < 0:
+                raise ValueError(
+                    f"Perturbed gene {gene!r} is not in the model's vocabulary (or training "
+                    "genes): the model cannot represent its perturbation."
+                )
+            columns.append(col)
+        return np.asarray(columns, dtype=np.int64)
+
+    def _collator_inputs(self, collator: str) -> dict:
+        """Control cells, perturbed genes and held-out cells for the paired collator."""
+        if collator != "paired_control":
+            return {}
+        adata = self.adata
+        key, control = self._perturbation_setup(adata)
+        manager = self.adata_manager
+        mapping = manager.get_state_registry(PERTURBATION_KEY).categorical_mapping
+        perturbed = [
+            self._perturbed_columns(adata, condition_genes(str(c), control=control))
+            for c in mapping
+        ]
+        labels = adata.obs[key].astype(str).to_numpy()
+        is_control = labels == control
+        split = adata.obs["split"].astype(str).to_numpy() if "split" in adata.obs else None
+        if split is not None:
+            is_control &= split == "train"
+        rows = np.flatnonzero(is_control)
+        matrix = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        control_labels = None
+        if manager.registry["setup_args"].get("labels_key") is not None:
+            codes = np.asarray(manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()
+            control_labels = codes[rows]
+        inputs: dict = {
+            "collator": {
+                "controls": matrix[rows],
+                "control_labels": control_labels,
+                "perturbed_columns": perturbed,
+            }
+        }
+        if split is not None:
+            inputs["splitter"] = {
+                "external_indexing": [np.flatnonzero(split == p) for p in ("train", "val", "test")]
+            }
+        return inputs
+
+    # ------------------------------------------------------------------ prediction
+    def _parse_requests(
+        self, adata: AnnData, perturbations, control: str
+    ) -> tuple[list[str], list[np.ndarray]]:
+        if isinstance(perturbations, str) or not isinstance(perturbations, Sequence):
+            perturbations = [perturbations]
+        if not len(perturbations):
+            raise ValueError("No perturbation asked for.")
+        names, columns = [], []
+        for item in perturbations:
+            genes = condition_genes(item, control=control)
+            columns.append(self._perturbed_columns(adata, genes))
+            names.append(item if isinstance(item, str) else canonical_condition(item))
+        return names, columns
+
+    def _control_rows(
+        self, adata: AnnData, key: str, control: str, n_control_cells: int | None, seed: int
+    ) -> np.ndarray:
+        rows = np.flatnonzero(adata.obs[key].astype(str).to_numpy() == control)
+        if not len(rows):
+            raise ValueError(f"No control cells ({key} == {control!r}) in this AnnData.")
+        if n_control_cells is not None:
+            if n_control_cells < 1:
+                raise ValueError(f"n_control_cells must be >= 1, got {n_control_cells}.")
+            if n_control_cells < len(rows):
+                rng = np.random.default_rng(seed)
+                rows = np.sort(rng.choice(rows, n_control_cells, replace=False))
+        return rows
+
+    def _predict_cells(
+        self,
+        adata: AnnData,
+        rows: np.ndarray,
+        perturbed: np.ndarray,
+        *,
+        gene_chunk_size: int,
+        batch_size: int | None,
+        precision: str,
+        keep_cells: bool,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Mean (and per-cell) predictions over every representable gene, chunk by chunk.
+
+        Each chunk holds ``gene_chunk_size`` genes plus the perturbed genes, so the flags are
+        always seen and activation memory does not grow with the number of genes.
+        """
+        vocab_ids = self._column_vocab_ids(adata)
+        usable = np.flatnonzero(vocab_ids >= 0)
+        others = np.setdiff1d(usable, perturbed)
+        n_genes = adata.n_vars
+        total = np.full(n_genes, np.nan)
+        cells = np.full((len(rows), n_genes), np.nan, np.float32) if keep_cells else None
+        tokenizer = dataclasses.replace(
+            self.tokenizer_config,
+            n_bins=None,
+            include_zero_genes=True,
+            allow_empty_cells=True,
+            cls_value=0.0,
+            pad_value=0.0,
+        )
+        pert_ids = torch.as_tensor(vocab_ids[perturbed], device=self.device)
+        module = self.module
+        self.module.eval()
+        chunks = [others[i : i + gene_chunk_size] for i in range(0, len(others), gene_chunk_size)]
+        for chunk in chunks or [others[:0]]:
+            cols = np.concatenate([perturbed, chunk])
+            col_ids = np.full(n_genes, -1, dtype=np.int64)
+            col_ids[cols] = vocab_ids[cols]
+            position = np.full(len(self.vocab_), -1, dtype=np.int64)
+            position[vocab_ids[cols]] = cols
+            config = dataclasses.replace(tokenizer, max_seq_len=len(cols) + 1)
+
+            def step(t, _positions):
+                ids = t[TOKEN_KEYS.GENE_IDS][:, 1:]  # no <cls> in the perturbation model
+                values = t[TOKEN_KEYS.VALUES][:, 1:]
+                pad = t[TOKEN_KEYS.PADDING_MASK][:, 1:]
+                flags = torch.isin(ids, pert_ids).long()
+                inf = module.inference(ids, values, pad, pert_flags=flags)
+                tensors = {TOKEN_KEYS.VALUES: values}
+                expr = module.generative(**module._get_generative_input(tensors, inf))["expr"]
+                return ids.cpu().numpy(), expr.float().cpu().numpy(), pad.cpu().numpy()
+
+            sums = np.zeros(n_genes)
+            counts = np.zeros(n_genes)
+            for positions, (ids, expr, pad) in self._run_batches(
+                adata,
+                rows,
+                step,
+                batch_size=batch_size,
+                precision=precision,
+                column_ids=col_ids,
+                tokenizer=config,
+                desc="Predicting perturbation",
+            ):
+                where = position[ids]
+                keep = ~pad & (where >= 0)
+                np.add.at(sums, where[keep], expr[keep])
+                np.add.at(counts, where[keep], 1)
+                if cells is not None:
+                    r, c = np.nonzero(keep)
+                    cells[positions[r], where[r, c]] = expr[r, c]
+            # the perturbed genes are in every chunk: keep their first chunk's prediction
+            fresh = np.isnan(total) & (counts > 0)
+            total[fresh] = sums[fresh] / counts[fresh]
+        return total, cells
+
+    def predict_perturbation(
+        self,
+        perturbations: str | Sequence[str] | Sequence[Sequence[str]],
+        *,
+        adata: AnnData | None = None,
+        n_control_cells: int | None = None,
+        seed: int = 0,
+        key_added: str | None = "scgpt_perturbation",
+        return_cells: bool = False,
+        gene_chunk_size: int | None = None,
+        batch_size: int | None = None,
+        precision: str = "32",
+    ) -> pd.DataFrame | AnnData:
+        """Predict the mean expression of control cells after perturbing genes.
+
+        Each control cell's log-normalised expression is fed with perturbation flags on the
+        perturbed genes, and the model predicts every gene, in chunks of
+        ``gene_chunk_size`` genes (plus the perturbed ones), so memory stays bounded
+        whatever the number of genes (the official code runs one dense all-gene batch).
+
+        Parameters
+        ----------
+        perturbations
+            ``"A+B"`` / ``"A+ctrl"`` strings or gene lists (``["A", "B"]``); genes may be
+            unseen in training but must be measured genes in the model's vocabulary.
+        adata
+            AnnData set up with ``perturbation_key`` (default: the model's); its control cells
+            are the inputs.
+        n_control_cells
+            Use a seeded random subset of this many control cells (default: all).
+        seed
+            Seed of that subset.
+        key_added
+            Key of ``adata.uns`` receiving the results; ``None`` writes nothing.
+        return_cells
+            Return per-cell predictions as an AnnData instead of the means.
+        gene_chunk_size
+            Genes per forward pass (default: the tokenizer's ``max_seq_len``, 1,536 in the
+            perturbation preset).
+        batch_size
+            Cells per forward pass (default ``scvi.settings.batch_size``).
+        precision
+            ``"32"``, ``"bf16"`` or ``"16"`` (GPU).
+
+        Returns
+        -------
+        DataFrame
+            Predicted mean expression (input scale: log-normalised), indexed by the
+            perturbations as given (gene lists in GEARS spelling), columns
+            ``adata.var_names``; genes outside the vocabulary are ``NaN``.
+        AnnData
+            With ``return_cells``: one row per (perturbation, control cell), ``X`` the
+            predictions, ``obs["perturbation"]`` and ``obs["control_cell"]``.
+
+        With ``key_added``, writes ``adata.uns[key_added]``: ``"predictions"`` (the DataFrame
+        of means), ``"control_mean"`` (observed mean of the control cells used, per gene) and
+        ``"params"`` (perturbations, ``n_control_cells``, ``seed``, ``control_group``).
+
+        Raises
+        ------
+        ValueError
+            For a malformed perturbation, a gene that is not measured or not in the
+            vocabulary, no control cells, or a model without a perturbation head. Nothing is
+            written then.
+        """
+        adata = self._validate_anndata(adata)
+        key, control = self._perturbation_setup(adata)
+        if not hasattr(self.module, "pert_encoder"):
+            raise ValueError(
+                "This model has no perturbation-flag encoder: train it with "
+                "model.train('perturbation') or load a TransformerGenerator checkpoint."
+            )
+        names, columns = self._parse_requests(adata, perturbations, control)
+        rows = self._control_rows(adata, key, control, n_control_cells, seed)
+        chunk = int(gene_chunk_size or self.tokenizer_config.max_seq_len)
+        if chunk < 1:
+            raise ValueError(f"gene_chunk_size must be >= 1, got {chunk}.")
+        means, per_cell = [], []
+        for cols in columns:
+            mean, cells = self._predict_cells(
+                adata,
+                rows,
+                cols,
+                gene_chunk_size=chunk,
+                batch_size=batch_size,
+                precision=precision,
+                keep_cells=return_cells,
+            )
+            means.append(mean)
+            per_cell.append(cells)
+        index = pd.Index(names, name="perturbation")
+        frame = pd.DataFrame(np.stack(means), index=index, columns=adata.var_names)
+        if key_added is not None:
+            adata.uns[key_added] = {
+                "predictions": frame,
+                "control_mean": dense_rows(self._expression(adata), rows).mean(0),
+                "params": {
+                    "perturbations": names,
+                    "n_control_cells": len(rows),
+                    "seed": int(seed),
+                    "control_group": control,
+                },
+            }
+        if not return_cells:
+            return frame
+        obs = pd.DataFrame(
+            {
+                "perturbation": np.repeat(names, len(rows)),
+                "control_cell": np.tile(np.asarray(adata.obs_names)[rows], len(names)),
+            }
+        )
+        obs.index = [f"{p}|{c}" for p, c in zip(obs["perturbation"], obs["control_cell"])]
+        return AnnData(np.concatenate(per_cell), obs=obs, var=pd.DataFrame(index=adata.var_names))
+
+    def _expression(self, adata: AnnData):
+        return self.get_anndata_manager(adata, required=True).get_from_registry(
+            REGISTRY_KEYS.X_KEY
+        )
+
+    def reverse_perturbation(
+        self,
+        target: AnnData | pd.Series | np.ndarray,
+        *,
+        candidates: Sequence[str | Sequence[str]] | None = None,
+        top_k: int | None = 10,
+        adata: AnnData | None = None,
+        n_control_cells: int | None = None,
+        seed: int = 0,
+        batch_size: int | None = None,
+    ) -> pd.DataFrame:
+        """Rank candidate perturbations by how well they explain an observed state.
+
+        Every candidate is predicted from the control cells (:meth:`predict_perturbation`);
+        candidates are ranked by the Euclidean distance, over the genes the model predicts,
+        between the predicted and the observed response (mean minus control mean).
+
+        Parameters
+        ----------
+        target
+            Observed cells (AnnData with the same gene names; their mean is used) or a mean
+            profile (Series indexed by gene, or an array over ``adata.var_names``).
+        candidates
+            Perturbations to rank (default: every single gene and every pair of genes
+            perturbed in training, i.e. in the conditions of ``adata`` outside
+            ``obs["split"]`` ``"val"`` / ``"test"``).
+        top_k
+            Rows returned (``None``: all).
+        adata
+            AnnData set up with ``perturbation_key`` (default: the model's).
+        n_control_cells, seed, batch_size
+            As in :meth:`predict_perturbation`.
+
+        Returns
+        -------
+        DataFrame indexed by candidate (GEARS spelling, ``"A+B"`` / ``"A+ctrl"``), columns
+        ``distance`` and ``rank`` (1 = best), best first. Nothing is written into ``adata``.
+        """
+        adata = self._validate_anndata(adata)
+        key, control = self._perturbation_setup(adata)
+        if candidates is None:
+            candidates = self._training_candidates(adata, key, control)
+        names = [canonical_condition(c, control=control) for c in candidates]
+        if isinstance(target, AnnData):
+            missing = pd.Index(adata.var_names).difference(target.var_names)
+            if len(missing):
+                raise ValueError(f"target lacks genes {list(missing[:5])} of the model's data.")
+            observed = dense_rows(target[:, adata.var_names].X).mean(0)
+        elif isinstance(target, pd.Series):
+            observed = target.reindex(adata.var_names).to_numpy(dtype=float)
+        else:
+            observed = np.asarray(target, dtype=float).ravel()
+            if len(observed) != adata.n_vars:
+                raise ValueError(f"target has {len(observed)} values for {adata.n_vars} genes.")
+        pred = self.predict_perturbation(
+            names,
+            adata=adata,
+            n_control_cells=n_control_cells,
+            seed=seed,
+            key_added=None,
+            batch_size=batch_size,
+        ).to_numpy()
+        ok = np.isfinite(pred).all(0) & np.isfinite(observed)
+        if not ok.any():
+            raise ValueError("No gene is both predicted and observed.")
+        distance = np.sqrt(((pred[:, ok] - observed[ok]) ** 2).sum(1))
+        table = pd.DataFrame({"distance": distance}, index=pd.Index(names, name="candidate"))
+        table = table.sort_values("distance", kind="stable")
+        table["rank"] = np.arange(1, len(table) + 1)
+        return table if top_k is None else table.head(int(top_k))
+
+    @staticmethod
+    def _training_candidates(adata: AnnData, key: str, control: str) -> list[str]:
+        conditions = adata.obs[key].astype(str)
+        if "split" in adata.obs:
+            conditions = conditions[adata.obs["split"].astype(str).to_numpy() == "train"]
+        genes = sorted(
+            {g for c in conditions.unique() for g in condition_genes(c, control=control)}
+        )
+        if not genes:
+            raise ValueError("No perturbed gene in training to build candidates from.")
+        return [f"{g}+{control}" for g in genes] + [f"{a}+{b}" for a, b in combinations(genes, 2)]

@@ -1,0 +1,209 @@
+"""Perturbation prediction: setup validation, paired minibatches, prediction and reverse."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from scvi_scgpt import SCGPT, tl
+from scvi_scgpt._constants import TOKEN_KEYS
+from scvi_scgpt.data import TokenizerConfig
+from scvi_scgpt.dataloaders import (
+    COLLATORS,
+    PERTURBATION_KEY,
+    PairedControlCollator,
+    pair_control_cells,
+    perturbation_flags,
+)
+from scvi_scgpt.datasets import simulate_perturbseq
+
+TINY = {"d_model": 16, "n_heads": 2, "d_hid": 16, "n_layers": 1, "attention_dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def sim() -> ad.AnnData:
+    return simulate_perturbseq(
+        n_genes=30, n_regulators=6, n_doubles=4, n_control_cells=40, cells_per_perturbation=8
+    )
+
+
+@pytest.fixture(scope="module")
+def model(sim):
+    torch.manual_seed(0)
+    adata = sim.copy()
+    tl.perturbation_split(adata)
+    SCGPT.setup_anndata(adata, perturbation_key="condition", labels_key="cell_type")
+    m = SCGPT(adata, **TINY)
+    m.train("perturbation", max_epochs=1, batch_size=32, accelerator="cpu")
+    return m
+
+
+def _untouched(adata: ad.AnnData) -> bool:
+    return "_scvi_uuid" not in adata.uns and not any(c.startswith("_scvi") for c in adata.obs)
+
+
+def _relabel(sim, last: str, n: int = 1) -> ad.AnnData:
+    obs = sim.obs.copy()
+    obs["condition"] = obs["condition"].astype(str)
+    obs.iloc[-n:, obs.columns.get_loc("condition")] = last
+    return ad.AnnData(sim.X.copy(), obs=obs, var=sim.var.copy())
+
+
+@pytest.mark.parametrize(
+    ("label", "n", "error", "match"),
+    [
+        ("NOPE+ctrl", 5, ValueError, "NOPE"),
+        ("TF00++TF01", 5, ValueError, "Malformed"),
+        ("+", 5, ValueError, "Malformed"),
+        ("TF00+TF05", 1, ValueError, "1 cell"),
+    ],
+)
+def test_setup_rejects_bad_conditions_and_leaves_adata_untouched(sim, label, n, error, match):
+    adata = _relabel(sim, label, n)
+    with pytest.raises(error, match=match):
+        SCGPT.setup_anndata(adata, perturbation_key="condition")
+    assert _untouched(adata)
+
+
+def test_setup_rejects_missing_key_control_and_raw_counts(sim):
+    adata = sim.copy()
+    with pytest.raises(KeyError, match="perturbation_key"):
+        SCGPT.setup_anndata(adata, perturbation_key="guide")
+    with pytest.raises(ValueError, match="No control cells"):
+        SCGPT.setup_anndata(adata, perturbation_key="condition", control_group="non-targeting")
+    no_ctrl = adata[adata.obs["condition"] != "ctrl"].copy()
+    with pytest.raises(ValueError, match="No control cells"):
+        SCGPT.setup_anndata(no_ctrl, perturbation_key="condition")
+    with pytest.raises(ValueError, match="raw counts"):
+        SCGPT.setup_anndata(adata, layer="counts", perturbation_key="condition")
+    assert _untouched(adata) and _untouched(no_ctrl)
+
+
+def test_pairing_is_reproducible_and_keeps_the_cell_type():
+    targets = np.array([0, 1, 1, 0, 2, 2, 2])
+    controls = np.array([0, 0, 1, 2, 1, 2, 0])
+    kw = {"target_labels": targets, "control_labels": controls}
+    a = pair_control_cells(7, 7, np.random.default_rng(3), **kw)
+    b = pair_control_cells(7, 7, np.random.default_rng(3), **kw)
+    c = pair_control_cells(7, 7, np.random.default_rng(4), **kw)
+    assert (a == b).all() and (controls[a] == targets).all()
+    assert not (a == c).all() or len(set(a)) == 1
+    free = pair_control_cells(9, 5, np.random.default_rng(0))
+    assert len(free) == 9 and set(free) <= set(range(5))
+    with pytest.raises(ValueError, match="No control cell"):
+        pair_control_cells(
+            1, 7, np.random.default_rng(0), target_labels=np.array([3]), control_labels=controls
+        )
+
+
+def test_flag_encoding_and_collated_minibatch():
+    columns = np.array([0, 2, 3, 5])
+    perturbed = [np.array([], dtype=int), np.array([2]), np.array([3, 5])]
+    flags = perturbation_flags(columns, perturbed, np.array([0, 1, 2]))
+    assert flags.tolist() == [[0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1]]
+    rng = np.random.default_rng(0)
+    controls = sp.csr_matrix(rng.random((5, 8)).astype(np.float32))
+    targets = rng.random((3, 8)).astype(np.float32)
+    collator = COLLATORS["paired_control"].for_objectives(
+        np.arange(8),
+        TokenizerConfig(max_seq_len=4, n_bins=None),
+        None,
+        cls_id=9,
+        pad_id=8,
+        controls=controls,
+        control_labels=None,
+        perturbed_columns=[np.array([], dtype=int), np.array([6]), np.array([1, 7])],
+    )
+    assert isinstance(collator, PairedControlCollator)
+    batch = {TOKEN_KEYS.X: torch.from_numpy(targets), PERTURBATION_KEY: torch.tensor([0, 1, 2])}
+    torch.manual_seed(0)
+    out = collator(batch)
+    ids = out[TOKEN_KEYS.GENE_IDS].numpy()
+    assert ids.shape == (3, 4) and {1, 6, 7} <= set(ids[0])  # perturbed genes always kept
+    assert out[TOKEN_KEYS.PADDING_MASK].sum() == 0
+    np.testing.assert_allclose(out[TOKEN_KEYS.TARGET_VALUES].numpy(), targets[:, ids[0]])
+    rows = [
+        np.flatnonzero(np.isclose(controls.toarray()[:, ids[0]], v).all(1))
+        for v in out[TOKEN_KEYS.VALUES].numpy()
+    ]
+    assert all(len(r) == 1 for r in rows)  # each input is one control cell
+    expected = np.stack([ids[0] < 0, ids[1] == 6, np.isin(ids[2], [1, 7])]).astype(int)
+    assert (out[TOKEN_KEYS.PERT_FLAGS].numpy() == expected).all()
+    torch.manual_seed(0)
+    again = collator(batch)
+    assert torch.equal(again[TOKEN_KEYS.VALUES], out[TOKEN_KEYS.VALUES])
+
+
+def test_train_predict_and_write_uns(model):
+    adata = model.adata
+    assert hasattr(model.module, "pert_encoder") and model.module.config.pert_pad_id == 0
+    assert model.training_task_["task"] == "perturbation"
+    pred = model.predict_perturbation(["TF01+ctrl", ["TF02", "TF03"]], gene_chunk_size=7)
+    assert list(pred.index) == ["TF01+ctrl", "TF02+TF03"]
+    assert list(pred.columns) == list(adata.var_names) and np.isfinite(pred.to_numpy()).all()
+    stored = adata.uns["scgpt_perturbation"]
+    assert stored["predictions"].equals(pred) and stored["params"]["n_control_cells"] == 40
+    assert stored["control_mean"].shape == (adata.n_vars,)
+    cells = model.predict_perturbation("TF01+ctrl", n_control_cells=5, return_cells=True)
+    assert cells.shape == (5, adata.n_vars) and set(cells.obs["perturbation"]) == {"TF01+ctrl"}
+    np.testing.assert_allclose(
+        cells.X.mean(0),
+        model.predict_perturbation("TF01+ctrl", n_control_cells=5, key_added=None).to_numpy()[0],
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_predict_rejects_bad_requests(model, sim):
+    before = dict(model.adata.uns)
+    for bad, match in (("NOPE+ctrl", "NOPE"), ("TF01++TF02", "Malformed"), ("+", "Malformed")):
+        with pytest.raises(ValueError, match=match):
+            model.predict_perturbation(bad, key_added="bad")
+    assert "bad" not in model.adata.uns and set(model.adata.uns) == set(before)
+    other = sim.copy()
+    SCGPT.setup_anndata(other, perturbation_key="condition")
+    narrow = SCGPT(other, vocab=[g for g in other.var_names if g != "TF03"], **TINY)
+    narrow.module = type(model.module)(
+        model.module.config.__class__(
+            **{
+                **model.module.config.to_dict(),
+                "n_tokens": len(narrow.vocab_),
+                "pad_id": narrow.vocab_.pad_id,
+            }
+        )
+    )
+    with pytest.raises(ValueError, match="cannot represent"):
+        narrow.predict_perturbation("TF03+ctrl")
+    plain = SCGPT(other, **TINY)
+    with pytest.raises(ValueError, match="no perturbation-flag encoder"):
+        plain.predict_perturbation("TF01+ctrl")
+
+
+def test_reverse_perturbation_recovers_a_planted_perturbation(model):
+    adata = model.adata
+    train_genes = sorted(
+        {
+            g
+            for c in adata.obs.loc[adata.obs["split"] == "train", "condition"].astype(str)
+            for g in c.split("+")
+            if g != "ctrl"
+        }
+    )
+    n = len(train_genes)
+    assert n >= 2
+    pair = f"{train_genes[0]}+{train_genes[-1]}"
+    planted = model.predict_perturbation(pair, key_added=None).iloc[0]
+    ranking = model.reverse_perturbation(planted, top_k=5)
+    assert ranking.index[0] == pair and ranking["distance"].iloc[0] < 1e-4
+    assert list(ranking["rank"]) == [1, 2, 3, 4, 5]
+    full = model.reverse_perturbation(planted, top_k=None)
+    assert len(full) == n + n * (n - 1) // 2 and full["distance"].is_monotonic_increasing
+    cells = adata[adata.obs["condition"] == "TF02+ctrl"]
+    assert len(model.reverse_perturbation(cells, candidates=["TF02+ctrl", ["TF01"]])) == 2
+    with pytest.raises(ValueError, match="values for"):
+        model.reverse_perturbation(np.zeros(3))
+    assert isinstance(full, pd.DataFrame)
