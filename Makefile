@@ -30,7 +30,7 @@ test: $(STAMP)
 
 # Re-run the tutorials and store their outputs (the docs render the stored outputs).
 tutorials: $(DOCS_STAMP)
-	MPLBACKEND=Agg $(PY) scripts/execute_tutorials.py
+	$(PY) scripts/execute_tutorials.py
 
 # Warnings are errors. Notebooks render from their stored outputs and are never executed.
 docs: $(DOCS_STAMP)

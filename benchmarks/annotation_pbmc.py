@@ -39,6 +39,13 @@ import _harness as h
 import numpy as np
 
 LABEL_KEY = "bulk_labels"
+#: ``--arch``: the benchmark's shape, or the new user's model of issue #12 (``SCGPT(train,
+#: d_model=64, n_layers=2, n_heads=4, d_hid=64)``, everything else at its default).
+ARCHS = {
+    "d64": {"max_seq_len": 1201, **h.D64},
+    "issue12": {"d_model": 64, "n_layers": 2, "n_heads": 4, "d_hid": 64},
+}
+SCGPT_KWARGS = dict(ARCHS["d64"])
 QUICK = {"splits": 1, "fixed_lr": 1e-3, "fixed_epochs": 2, "c_grid": [1.0]}
 
 
@@ -82,7 +89,7 @@ def _new_scgpt(adata, seed: int):
 
     scvi.settings.seed = seed
     SCGPT.setup_anndata(adata, labels_key=LABEL_KEY)
-    return SCGPT(adata, max_seq_len=1201, **h.D64)
+    return SCGPT(adata, **SCGPT_KWARGS)
 
 
 def _make_eval_callback(model, val_adata, y_val, every: int, curve: list):
@@ -287,12 +294,20 @@ def main() -> None:
     )
     p.add_argument("--fixed-epochs", type=int, default=30)
     p.add_argument(
+        "--arch",
+        choices=sorted(ARCHS),
+        default="d64",
+        help="SCGPT shape: _harness.D64 (default) or issue12 (the model of issue #12)",
+    )
+    p.add_argument(
         "--defaults",
         action="store_true",
         help="train SCGPT with train('annotation') and no value given (the preset defaults)",
     )
     p.add_argument("--c-grid", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3, 1.0])
     args = h.parse(p, quick=QUICK)
+    SCGPT_KWARGS.clear()
+    SCGPT_KWARGS.update(ARCHS[args.arch])
     args.seeds = list(range(args.seed, args.seed + args.splits))
 
     h.setup_logging("annotation_pbmc")
@@ -359,7 +374,12 @@ def main() -> None:
         )
         h.save_figure(fig, args.out / f"confusion_{method.lower()}_seed0.png", dpi=130)
     names = {
-        "SCGPT": "SCGPT (from scratch, d64 x 4 layers" + (", defaults)" if args.defaults else ")"),
+        "SCGPT": (
+            "SCGPT (from scratch, d64 x 4 layers"
+            if args.arch == "d64"
+            else "SCGPT (issue #12 model"
+        )
+        + (", defaults)" if args.defaults else ")"),
         "LR": "L1 logistic regression",
         "kNN": "kNN (k=15, 50 PCs)",
     }
@@ -373,7 +393,7 @@ def main() -> None:
         "dataset": "pbmc68k_700_counts.h5ad",
         "label_key": LABEL_KEY,
         "class_counts": adata.obs[LABEL_KEY].value_counts().to_dict(),
-        "scgpt_architecture": h.D64,
+        "scgpt_architecture": SCGPT_KWARGS,
         "per_seed": per_seed,
         "summary": summary,
         "best_baseline": best_baseline,

@@ -8,6 +8,7 @@ run this after changing a tutorial so that the rendered page shows current resul
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -35,9 +36,18 @@ def main() -> None:
                 kernel_name="python3",
                 resources={"metadata": {"path": workdir}},
             )
-            client.execute(env={"MPLBACKEND": "Agg"})
+            # no progress bars; figures through the kernel's inline backend, not a file backend
+            env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+            client.execute(env={**env, "TQDM_DISABLE": "1"})
         for cell in notebook.cells:
             cell.get("metadata", {}).pop("execution", None)
+            # logs, warnings and progress bars (stderr) are noise on the rendered page
+            if "outputs" in cell:
+                cell.outputs = [
+                    o
+                    for o in cell.outputs
+                    if not (o.output_type == "stream" and o.name == "stderr")
+                ]
         nbformat.write(notebook, path)
         print(f"{path.name}: executed in {time.perf_counter() - start:.0f} s", file=sys.stderr)
 

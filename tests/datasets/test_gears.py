@@ -25,6 +25,12 @@ def write_folder(sim, root):
     stored.var["gene_name"] = stored.var_names.to_numpy()
     stored.var_names = [f"ENSG{i:011d}" for i in range(stored.n_vars)]
     del stored.uns["grn"]  # a DataFrame in uns; GEARS files have none
+    names = stored.obs.drop_duplicates("condition").set_index("condition")["condition_name"]
+    ranked = {c: tl.rank_de_genes(sim, n_top=None)[c] for c in ["TF01+ctrl", "TF02+ctrl"]}
+    ids = dict(zip(sim.var_names, stored.var_names))
+    stored.uns["rank_genes_groups_cov_all"] = {
+        names[c]: np.array([ids[g] for g in genes]) for c, genes in ranked.items()
+    }
     stored.write_h5ad(folder / "perturb_processed.h5ad")
     split = tl.perturbation_split(sim, key_added=None)
     # GEARS' lists mix Python and NumPy strings (np.random.choice / np.setdiff1d outputs)
@@ -53,6 +59,8 @@ def test_read_gears_folder(sim, tmp_path):
     )
     assert (adata.obs["split"].astype(str) == expected).all()
     assert adata.uns["split_subgroup"]["test_subgroup"] == split["test_subgroup"]
+    expected_de = tl.rank_de_genes(sim, conditions=["TF01+ctrl", "TF02+ctrl"], n_top=None)
+    assert {c: list(g) for c, g in adata.uns["de_genes"].items()} == expected_de
     same = read_gears(folder / "perturb_processed.h5ad", split="norman_tiny_simulation_1_0.75.pkl")
     assert (same.obs["split"] == adata.obs["split"]).all()
 

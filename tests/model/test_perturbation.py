@@ -142,6 +142,12 @@ def test_train_predict_and_write_uns(model):
     adata = model.adata
     assert hasattr(model.module, "pert_encoder") and model.module.config.pert_pad_id == 0
     assert model.training_task_["task"] == "perturbation"
+    best = model.training_task_["best_epoch"]
+    assert best["monitor"] == "perturbation_pearson_validation" and best["mode"] == "max"
+    assert "perturbation_pearson_validation" in model.history_
+    # training and validation cells are the "train" and held-out "val" conditions
+    _, val, _ = model._collator_inputs("paired_control")["splitter"]["external_indexing"]
+    assert len(val) and (val == np.flatnonzero(adata.obs["split"] == "val")).all()
     pred = model.predict_perturbation(["TF01+ctrl", ["TF02", "TF03"]], gene_chunk_size=7)
     assert list(pred.index) == ["TF01+ctrl", "TF02+TF03"]
     assert list(pred.columns) == list(adata.var_names) and np.isfinite(pred.to_numpy()).all()
@@ -202,6 +208,10 @@ def test_reverse_perturbation_recovers_a_planted_perturbation(model):
     assert list(ranking["rank"]) == [1, 2, 3, 4, 5]
     full = model.reverse_perturbation(planted, top_k=None)
     assert len(full) == n + n * (n - 1) // 2 and full["distance"].is_monotonic_increasing
+    cached = model.predict_perturbation(list(full.index), key_added=None)
+    again = model.reverse_perturbation(planted, predictions=cached, top_k=None)
+    assert list(again.index) == list(full.index)
+    np.testing.assert_allclose(again["distance"], full["distance"], rtol=1e-5)
     cells = adata[adata.obs["condition"] == "TF02+ctrl"]
     assert len(model.reverse_perturbation(cells, candidates=["TF02+ctrl", ["TF01"]])) == 2
     with pytest.raises(ValueError, match="values for"):

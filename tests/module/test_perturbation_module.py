@@ -98,8 +98,13 @@ def test_perturbation_loss_is_mse_over_all_genes():
     gen = module.generative(**module._get_generative_input(tensors, inf))
     objectives = ObjectiveConfig(gep=False, perturbation=True, mask_ratio=0.0)
     loss = module.loss(tensors, inf, gen, objectives=objectives)
-    expected = ((gen["expr"] - tensors[TOKEN_KEYS.TARGET_VALUES]) ** 2).mean()
+    target = tensors[TOKEN_KEYS.TARGET_VALUES]
+    expected = ((gen["expr"] - target) ** 2).mean()
     assert torch.isclose(loss.loss, expected)
+    corr = np.mean(
+        [np.corrcoef(p, t)[0, 1] for p, t in zip(gen["expr"].detach().numpy(), target.numpy())]
+    )
+    assert loss.extra_metrics["perturbation_pearson"].item() == pytest.approx(corr, rel=1e-4)
     loss.loss.backward()
     assert module.pert_encoder.weight.grad is not None
     del tensors[TOKEN_KEYS.PERT_FLAGS]

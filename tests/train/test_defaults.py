@@ -147,3 +147,16 @@ def test_warning_fires_on_an_untrainable_setting(task):
     assert "no better than a trivial predictor" in text and "from_pretrained" in text
     check = model.training_task_["trivial_check"]
     assert check["no_better"] and check["metric"] in ("accuracy", "GEP MSE")
+
+
+def test_a_saved_trained_model_loads_in_the_fine_tune_regime(tmp_path):
+    adata = _planted(80)
+    model = SCGPT(adata, **TINY)
+    model.save(tmp_path / "new")
+    assert SCGPT.load(tmp_path / "new", adata).training_regime == "from_scratch"
+    model.train("annotation", max_epochs=2, **QUIET)
+    model.save(tmp_path / "trained")
+    loaded = SCGPT.load(tmp_path / "trained", adata)
+    assert loaded.training_regime == "fine_tune"
+    assert loaded.training_task_["regime"] == "from_scratch"
+    assert list(loaded.history_["best_epoch"]["monitor"]) == ["validation_loss"]

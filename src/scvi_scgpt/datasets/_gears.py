@@ -93,6 +93,28 @@ def read_split_file(path: str | Path) -> dict:
     return data
 
 
+def _de_by_condition(adata: ad.AnnData) -> dict[str, list[str]] | None:
+    """GEARS' ranked DE genes per condition, as ``var_names``; ``None`` without them.
+
+    GEARS keys ``uns["rank_genes_groups_cov_all"]`` by condition name and lists ``var`` ids.
+    """
+    ranked = adata.uns.get("rank_genes_groups_cov_all")
+    if not isinstance(ranked, Mapping) or "condition_name" not in adata.obs.columns:
+        return None
+    condition_of = dict(
+        zip(adata.obs["condition_name"].astype(str), adata.obs["condition"].astype(str))
+    )
+    symbol = {}
+    if "gene_id" in adata.var.columns:
+        symbol = dict(zip(adata.var["gene_id"].astype(str), adata.var_names.astype(str)))
+    out: dict[str, list[str]] = {}
+    for name, genes in ranked.items():
+        condition = condition_of.get(str(name))
+        if condition is not None and condition not in out:
+            out[condition] = [symbol.get(str(g), str(g)) for g in np.asarray(genes).tolist()]
+    return out
+
+
 def _find_split(folder: Path, split: str | Path | None) -> Path | None:
     if split is not None:
         candidate = Path(split)
@@ -139,9 +161,13 @@ def read_gears(
         GEARS' log-normalised expression in ``X`` and its ``obs`` (``condition``,
         ``cell_type``, ...) and ``uns``. ``var_names`` are the gene symbols of
         ``var["gene_name"]`` (made unique), the symbols GEARS conditions use; the original
-        index is kept in ``var["gene_id"]``. With a split file, ``obs[split_key]``
-        (``"train"`` / ``"val"`` / ``"test"``, categorical; cells of conditions outside the
-        split are missing) and, with its ``*_subgroup`` companion, ``uns["split_subgroup"]``.
+        index is kept in ``var["gene_id"]``. GEARS' ranked DE genes
+        (``uns["rank_genes_groups_cov_all"]``) are also given per condition, as
+        ``var_names``, in ``uns["de_genes"]`` (for ``tl.perturbation_metrics(de_genes=...)``;
+        with several cell types, the first condition name of each condition). With a split
+        file, ``obs[split_key]`` (``"train"`` / ``"val"`` / ``"test"``, categorical; cells of
+        conditions outside the split are missing) and, with its ``*_subgroup`` companion,
+        ``uns["split_subgroup"]``.
 
     Raises
     ------
@@ -163,6 +189,9 @@ def read_gears(
         adata.var["gene_id"] = adata.var_names.astype(str)
         adata.var_names = pd.Index(adata.var["gene_name"].astype(str).to_numpy())
         adata.var_names_make_unique()
+    de_genes = _de_by_condition(adata)
+    if de_genes is not None:
+        adata.uns["de_genes"] = de_genes
     split_file = _find_split(folder, split)
     if split_file is not None:
         sets = read_split_file(split_file)

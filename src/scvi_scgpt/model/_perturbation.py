@@ -318,6 +318,7 @@ class PerturbationMixin:
         *,
         candidates: Sequence[str | Sequence[str]] | None = None,
         top_k: int | None = 10,
+        predictions: pd.DataFrame | None = None,
         adata: AnnData | None = None,
         n_control_cells: int | None = None,
         seed: int = 0,
@@ -340,6 +341,10 @@ class PerturbationMixin:
             ``obs["split"]`` ``"val"`` / ``"test"``).
         top_k
             Rows returned (``None``: all).
+        predictions
+            Predicted profiles of the candidates (a :meth:`predict_perturbation` result, whose
+            index is then the candidate list), to rank several targets without predicting
+            again.
         adata
             AnnData set up with ``perturbation_key`` (default: the model's).
         n_control_cells, seed, batch_size
@@ -352,7 +357,11 @@ class PerturbationMixin:
         """
         adata = self._validate_anndata(adata)
         key, control = self._perturbation_setup(adata)
-        if candidates is None:
+        if predictions is not None:
+            if candidates is not None:
+                raise ValueError("Pass candidates or predictions, not both.")
+            candidates = list(predictions.index)
+        elif candidates is None:
             candidates = self._training_candidates(adata, key, control)
         names = [canonical_condition(c, control=control) for c in candidates]
         if isinstance(target, AnnData):
@@ -366,14 +375,16 @@ class PerturbationMixin:
             observed = np.asarray(target, dtype=float).ravel()
             if len(observed) != adata.n_vars:
                 raise ValueError(f"target has {len(observed)} values for {adata.n_vars} genes.")
-        pred = self.predict_perturbation(
-            names,
-            adata=adata,
-            n_control_cells=n_control_cells,
-            seed=seed,
-            key_added=None,
-            batch_size=batch_size,
-        ).to_numpy()
+        if predictions is None:
+            predictions = self.predict_perturbation(
+                names,
+                adata=adata,
+                n_control_cells=n_control_cells,
+                seed=seed,
+                key_added=None,
+                batch_size=batch_size,
+            )
+        pred = predictions.reindex(columns=adata.var_names).to_numpy(dtype=float)
         ok = np.isfinite(pred).all(0) & np.isfinite(observed)
         if not ok.any():
             raise ValueError("No gene is both predicted and observed.")

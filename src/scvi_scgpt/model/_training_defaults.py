@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
 from typing import Any
 
@@ -22,8 +21,6 @@ from scvi_scgpt.train import (
     per_gene_mean_mse,
     trivial_warning,
 )
-
-logger = logging.getLogger("scvi_scgpt.model._training")
 
 REGIMES = ("fine_tune", "from_scratch")
 _REGIME_WORDS = {

@@ -24,7 +24,9 @@ def perturbation_loss(
 
     Returns
     -------
-    :class:`~scvi.module.base.LossOutput` with ``extra_metrics["perturbation_mse"]``.
+    :class:`~scvi.module.base.LossOutput` with ``extra_metrics["perturbation_mse"]`` and
+    ``extra_metrics["perturbation_pearson"]`` (mean over cells of the Pearson correlation
+    over genes of prediction and target; the model-selection metric of the preset).
     """
     if TOKEN_KEYS.PERT_FLAGS not in tensors:
         raise ValueError(
@@ -32,9 +34,24 @@ def perturbation_loss(
         )
     target = tensors[TOKEN_KEYS.TARGET_VALUES]
     keep = ~tensors[TOKEN_KEYS.PADDING_MASK]
-    mse = masked_mse(generative_outputs["expr"], target, keep)
+    pred = generative_outputs["expr"]
+    mse = masked_mse(pred, target, keep)
     return LossOutput(
         loss=mse,
         n_obs_minibatch=target.shape[0],
-        extra_metrics={"perturbation_mse": mse.detach()},
+        extra_metrics={
+            "perturbation_mse": mse.detach(),
+            "perturbation_pearson": cell_pearson(pred.detach(), target, keep),
+        },
     )
+
+
+def cell_pearson(pred: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean over cells of the Pearson correlation over the kept genes (0 for a constant row)."""
+    m = keep.to(pred.dtype)
+    n = m.sum(1).clamp(min=1.0)
+    p = pred - (pred * m).sum(1, keepdim=True) / n[:, None]
+    t = target - (target * m).sum(1, keepdim=True) / n[:, None]
+    cov = (p * t * m).sum(1)
+    denom = torch.sqrt((p * p * m).sum(1) * (t * t * m).sum(1))
+    return torch.where(denom > 0, cov / denom.clamp(min=1e-12), torch.zeros_like(cov)).mean()

@@ -163,6 +163,10 @@ class PackedTokens:
 
 #: Kinds of attention scores a layer can return.
 ATTENTION_KINDS = ("raw", "softmax")
+#: Which attention scores to return (``None``: none, the fast path).
+AttentionKinds = Sequence[str] | None
+#: An output, or ``(output, {kind: (B, H, L, L) scores})`` when scores were asked for.
+MaybeWithScores = torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]
 
 
 def _check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
@@ -264,8 +268,8 @@ class SelfAttention(nn.Module):
         *,
         attn_mask: torch.Tensor | None = None,
         query_index: int | None = None,
-        return_attention: Sequence[str] | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return_attention: AttentionKinds = None,
+    ) -> MaybeWithScores:
         """Attend.
 
         Parameters
@@ -315,11 +319,8 @@ class SelfAttention(nn.Module):
         )
 
     def packed_forward(
-        self,
-        x: torch.Tensor,
-        tokens: PackedTokens,
-        return_attention: Sequence[str] | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self, x: torch.Tensor, tokens: PackedTokens, return_attention: AttentionKinds = None
+    ) -> MaybeWithScores:
         """Attend over packed tokens: ``(N, d)`` real tokens of ``tokens`` -> ``(N, d)``.
 
         The projections run on the real tokens only; the attention runs per length bucket

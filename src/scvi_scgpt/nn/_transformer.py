@@ -7,7 +7,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from scvi_scgpt.nn._attention import PackedTokens, SelfAttention, keys_attention_mask
+from scvi_scgpt.nn._attention import (
+    AttentionKinds,
+    MaybeWithScores,
+    PackedTokens,
+    SelfAttention,
+    keys_attention_mask,
+)
 
 #: Share of padding above which the encoder runs packed (see ``TransformerEncoder``).
 PACKING_MIN_PADDING = 0.1
@@ -57,8 +63,8 @@ class TransformerEncoderLayer(nn.Module):
         *,
         attn_mask: torch.Tensor | None = None,
         query_index: int | None = None,
-        return_attention: Sequence[str] | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return_attention: AttentionKinds = None,
+    ) -> MaybeWithScores:
         """``(B, L, d)`` -> ``(B, L, d)``, or ``(B, 1, d)`` for ``query_index``.
 
         With ``return_attention``, also the attention scores (see
@@ -83,11 +89,8 @@ class TransformerEncoderLayer(nn.Module):
         return x if scores is None else (x, scores)
 
     def packed_forward(
-        self,
-        x: torch.Tensor,
-        tokens: PackedTokens,
-        return_attention: Sequence[str] | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self, x: torch.Tensor, tokens: PackedTokens, return_attention: AttentionKinds = None
+    ) -> MaybeWithScores:
         """The layer on packed real tokens ``(N, d)`` (same result as :meth:`forward`)."""
         h = self.self_attn.packed_forward(
             self.norm1(x) if self.norm_first else x, tokens, return_attention
@@ -130,7 +133,7 @@ class TransformerEncoder(nn.Module):
         packed: bool | None = None,
         attention_layer: int | None = None,
         attention_kinds: Sequence[str] = ("raw",),
-    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ) -> MaybeWithScores:
         """Run all layers.
 
         With ``cls_only`` the last layer computes position 0 only and ``(B, 1, d)`` is returned,
