@@ -217,3 +217,31 @@ def test_reverse_perturbation_recovers_a_planted_perturbation(model):
     with pytest.raises(ValueError, match="values for"):
         model.reverse_perturbation(np.zeros(3))
     assert isinstance(full, pd.DataFrame)
+
+
+def test_fine_tune_an_official_checkpoint_for_perturbation(official_dir):
+    from scvi_scgpt.data import GeneVocab
+
+    model_dir = official_dir / "zeroshot_model"
+    genes = [t for t in GeneVocab.from_file(model_dir / "vocab.json").tokens if "<" not in t]
+    adata = simulate_perturbseq(
+        n_genes=30,
+        n_regulators=6,
+        n_doubles=2,
+        n_control_cells=30,
+        cells_per_perturbation=6,
+        gene_names=genes[:30],
+    )
+    SCGPT.setup_anndata(adata, perturbation_key="condition")
+    model = SCGPT.from_pretrained(model_dir, adata, accelerator="cpu")
+    before = model.module.transformer_encoder.state_dict()
+    assert not hasattr(model.module, "pert_encoder")
+    model.train("perturbation", max_epochs=1, batch_size=32, train_size=0.8, accelerator="cpu")
+    assert model.training_task_["regime"] == "fine_tune"
+    assert model.training_task_["hyperparameters"]["lr"] == 1e-4  # the official value
+    assert hasattr(model.module, "pert_encoder") and model.module.config.pert_pad_id == 0
+    after = model.module.transformer_encoder.state_dict()
+    key = "layers.0.linear1.weight"
+    assert torch.allclose(before[key], after[key], atol=1e-2)  # loaded, then fine-tuned
+    pred = model.predict_perturbation([[genes[1]]], key_added=None)
+    assert list(pred.index) == [f"{genes[1]}+ctrl"] and np.isfinite(pred.to_numpy()).all()

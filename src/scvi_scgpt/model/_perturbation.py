@@ -216,8 +216,10 @@ class PerturbationMixin:
         Parameters
         ----------
         perturbations
-            ``"A+B"`` / ``"A+ctrl"`` strings or gene lists (``["A", "B"]``); genes may be
-            unseen in training but must be measured genes in the model's vocabulary.
+            One perturbation or a list of them; each is a string (``"A+B"``, ``"A+ctrl"``;
+            a bare ``"A"`` is ``"A+ctrl"``) or a gene list (``[["A", "B"], ["C"]]`` asks for
+            two). Genes may be unseen in training but must be measured genes in the model's
+            vocabulary.
         adata
             AnnData set up with ``perturbation_key`` (default: the model's); its control cells
             are the inputs.
