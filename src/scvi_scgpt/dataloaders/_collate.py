@@ -81,14 +81,16 @@ class TokenCollator:
         *,
         cls_id: int,
         pad_id: int,
+        **inputs,
     ) -> TokenCollator:
         """The collator of a task with these objectives.
 
         The objectives' fields named in :attr:`objective_options` (``mask_ratio`` here,
-        ``gen_ratios`` for generative pretraining) become constructor arguments.
+        ``gen_ratios`` for generative pretraining) become constructor arguments, and so do
+        ``inputs`` (data a collator needs beyond the minibatch, e.g. control cells).
         """
         options = {name: getattr(objectives, name) for name in cls.objective_options}
-        return cls(column_vocab_ids, tokenizer, cls_id=cls_id, pad_id=pad_id, **options)
+        return cls(column_vocab_ids, tokenizer, cls_id=cls_id, pad_id=pad_id, **options, **inputs)
 
     def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
         """Collate one minibatch."""

@@ -22,7 +22,7 @@ from scvi_scgpt.data import TokenizerConfig
 from scvi_scgpt.dataloaders._collate import TokenCollator
 
 if TYPE_CHECKING:
-    from scvi_scgpt.module import ObjectiveConfig
+    pass
 
 #: Registry key of the condition codes (``setup_anndata(perturbation_key=...)``).
 PERTURBATION_KEY = "perturbation"
@@ -135,20 +135,6 @@ class PairedControlCollator(TokenCollator):
         self.control_labels = None if control_labels is None else np.asarray(control_labels)
         self.perturbed_columns = [np.asarray(c, dtype=np.int64) for c in perturbed_columns]
         self.usable = np.flatnonzero(self.column_vocab_ids >= 0)
-
-    @classmethod
-    def for_objectives(
-        cls,
-        column_vocab_ids: np.ndarray,
-        tokenizer: TokenizerConfig,
-        objectives: ObjectiveConfig,
-        *,
-        cls_id: int,
-        pad_id: int,
-        **inputs,
-    ) -> PairedControlCollator:
-        """The collator of the perturbation task (``inputs``: the constructor's data)."""
-        return cls(column_vocab_ids, tokenizer, cls_id=cls_id, pad_id=pad_id, **inputs)
 
     def select_columns(self, codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The minibatch's gene columns.

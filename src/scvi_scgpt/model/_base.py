@@ -15,7 +15,6 @@ from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
 from tqdm.auto import tqdm
 
-from scvi_scgpt._constants import TOKEN_KEYS
 from scvi_scgpt.data import GeneMatch, GeneVocab, TokenizerConfig, match_genes
 from scvi_scgpt.dataloaders import iter_token_batches
 from scvi_scgpt.model._scvi_compat import anndata_uuid, give_own_uuid
@@ -228,13 +227,7 @@ class BaseMixin:
         module = self.module
 
         def step(t, _positions):
-            result = module.inference(
-                t[TOKEN_KEYS.GENE_IDS],
-                t[TOKEN_KEYS.VALUES],
-                t[TOKEN_KEYS.PADDING_MASK],
-                t.get(TOKEN_KEYS.BATCH),
-                cls_only=True,
-            )
+            result = module.inference(**module._get_inference_input(t), cls_only=True)
             return head(result, t)
 
         out = np.empty((len(indices), n_out), dtype=np.float32)

@@ -140,12 +140,7 @@ class GeneNetworkMixin:
         module = self.module
 
         def step(t, _positions):
-            out = module.inference(
-                t[TOKEN_KEYS.GENE_IDS],
-                t[TOKEN_KEYS.VALUES],
-                t[TOKEN_KEYS.PADDING_MASK],
-                t.get(TOKEN_KEYS.BATCH),
-            )
+            out = module.inference(**module._get_inference_input(t))
             rows = lookup[t[TOKEN_KEYS.GENE_IDS]]
             keep = (rows >= 0) & ~t[TOKEN_KEYS.PADDING_MASK] & (t[TOKEN_KEYS.VALUES] > 0)
             keep[:, 0] = False  # <cls>
