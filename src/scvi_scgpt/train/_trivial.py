@@ -83,34 +83,22 @@ def majority_class_rate(
 
 
 # ----------------------------------------------------------------------------- regression
-def _fit_positions(batch: Mapping, ignore_ids: Sequence[int]):
-    """Gene ids, targets and the positions to fit the per-gene means on."""
+def _expression_positions(batch: Mapping, *, masked_only: bool):
+    """Gene ids, targets and the positions of a minibatch's expression targets.
+
+    Generated tokens when the batch has them (generative pretraining); otherwise every real
+    token or, with ``masked_only``, the masked ones the model's expression loss scores.
+    """
     if TOKEN_KEYS.GEN_GENE_IDS in batch:
         genes = _numpy(batch[TOKEN_KEYS.GEN_GENE_IDS])
         targets = _numpy(batch[TOKEN_KEYS.GEN_TARGETS])
-        keep = ~_numpy(batch[TOKEN_KEYS.GEN_PADDING_MASK]).astype(bool)
-    else:
-        genes = _numpy(batch[TOKEN_KEYS.GENE_IDS])
-        values = _numpy(batch[TOKEN_KEYS.VALUES])
-        targets = _numpy(batch.get(TOKEN_KEYS.TARGET_VALUES, values))
-        keep = ~_numpy(batch[TOKEN_KEYS.PADDING_MASK]).astype(bool)
-    if len(ignore_ids):
-        keep &= ~np.isin(genes, np.asarray(ignore_ids))
-    return genes, targets, keep
-
-
-def _scored_positions(batch: Mapping):
-    """Gene ids, targets and the positions the model's expression loss is computed on."""
-    if TOKEN_KEYS.GEN_GENE_IDS in batch:
-        genes = _numpy(batch[TOKEN_KEYS.GEN_GENE_IDS])
-        targets = _numpy(batch[TOKEN_KEYS.GEN_TARGETS])
-        scored = ~_numpy(batch[TOKEN_KEYS.GEN_PADDING_MASK]).astype(bool)
-    else:
-        genes = _numpy(batch[TOKEN_KEYS.GENE_IDS])
-        values = _numpy(batch[TOKEN_KEYS.VALUES])
-        targets = _numpy(batch.get(TOKEN_KEYS.TARGET_VALUES, values))
-        scored = values == MASK_VALUE
-    return genes, targets, scored
+        return genes, targets, ~_numpy(batch[TOKEN_KEYS.GEN_PADDING_MASK]).astype(bool)
+    genes = _numpy(batch[TOKEN_KEYS.GENE_IDS])
+    values = _numpy(batch[TOKEN_KEYS.VALUES])
+    targets = _numpy(batch.get(TOKEN_KEYS.TARGET_VALUES, values))
+    if masked_only:
+        return genes, targets, values == MASK_VALUE
+    return genes, targets, ~_numpy(batch[TOKEN_KEYS.PADDING_MASK]).astype(bool)
 
 
 def fit_per_gene_means(
@@ -143,7 +131,9 @@ def fit_per_gene_means(
     for i, batch in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
-        genes, targets, keep = _fit_positions(batch, ignore_ids)
+        genes, targets, keep = _expression_positions(batch, masked_only=False)
+        if len(ignore_ids):
+            keep &= ~np.isin(genes, np.asarray(ignore_ids))
         np.add.at(sums, genes[keep].astype(np.int64), targets[keep].astype(np.float64))
         np.add.at(counts, genes[keep].astype(np.int64), 1.0)
     if counts.sum() == 0:
@@ -178,7 +168,7 @@ def score_per_gene_means(
     for i, batch in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
-        genes, targets, scored = _scored_positions(batch)
+        genes, targets, scored = _expression_positions(batch, masked_only=True)
         if not scored.any():
             continue
         err = (means[genes[scored].astype(np.int64)] - targets[scored]) ** 2
