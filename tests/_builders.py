@@ -81,3 +81,50 @@ def make_structured_counts(
         index=[f"c{i}" for i in range(n_cells)],
     )
     return ad.AnnData(sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=genes))
+
+
+def make_mudata(
+    n_cells: int = 60,
+    n_genes: int = 40,
+    n_proteins: int = 6,
+    *,
+    n_peaks: int = 0,
+    protein_cells: int | None = None,
+    seed: int = 0,
+):
+    """A small CITE-seq-like MuData: ``"rna"`` and ``"prot"`` (and ``"atac"`` with peaks).
+
+    Cell types drive both modalities; ``protein_cells`` keeps proteins for the first cells
+    only (mosaic data). ``mdata.obs`` holds ``batch`` and ``cell_type``.
+    """
+    import mudata as md
+
+    rna = make_structured_counts(n_cells, n_genes, n_types=3, n_batches=2, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    types = rna.obs["cell_type"].cat.codes.to_numpy()
+    rate = np.full((n_cells, n_proteins), 5.0)
+    for t in range(3):
+        rate[types == t, t % n_proteins] = 80.0
+    prot = ad.AnnData(
+        sp.csr_matrix(rng.poisson(rate).astype(np.float32) + 1),
+        obs=rna.obs.copy(),
+        var=pd.DataFrame(index=[f"CD{i + 1}" for i in range(n_proteins)]),
+    )
+    if protein_cells is not None:
+        prot = prot[:protein_cells].copy()
+    mods = {"rna": rna, "prot": prot}
+    if n_peaks:
+        opened = rng.random((n_cells, n_peaks)) < (
+            0.1 + 0.5 * (types[:, None] == (np.arange(n_peaks) % 3))
+        )
+        mods["atac"] = ad.AnnData(
+            sp.csr_matrix(opened.astype(np.float32)),
+            obs=rna.obs.copy(),
+            var=pd.DataFrame(index=[f"chr1:{1000 * i}-{1000 * i + 500}" for i in range(n_peaks)]),
+        )
+    mdata = md.MuData(mods)
+    mdata.obs["batch"] = rna.obs["batch"].reindex(mdata.obs_names).to_numpy()
+    mdata.obs["cell_type"] = rna.obs["cell_type"].reindex(mdata.obs_names).to_numpy()
+    mdata.obs["batch"] = mdata.obs["batch"].astype("category")
+    mdata.obs["cell_type"] = mdata.obs["cell_type"].astype("category")
+    return mdata

@@ -5,7 +5,15 @@ from __future__ import annotations
 from scvi_scgpt.data._binning import bin_expression, quantile_edges
 from scvi_scgpt.data._files import open_anndata_file, read_gene_names
 from scvi_scgpt.data._genes import GeneMatch, ensembl_to_symbol, is_ensembl_id, match_genes
+from scvi_scgpt.data._modalities import (
+    MODALITY_NAMES,
+    feature_tokens,
+    modality_vocabulary,
+    peak_tokens,
+    protein_tokens,
+)
 from scvi_scgpt.data._tokenize import (
+    ModalityLayout,
     TokenizedCells,
     TokenizerConfig,
     check_expression_values,
@@ -17,14 +25,20 @@ __all__ = [
     "vocab_from_anndata_files",
     "GeneMatch",
     "GeneVocab",
+    "MODALITY_NAMES",
+    "ModalityLayout",
     "TokenizedCells",
     "TokenizerConfig",
     "bin_expression",
     "check_expression_values",
     "ensembl_to_symbol",
+    "feature_tokens",
     "is_ensembl_id",
     "match_genes",
+    "modality_vocabulary",
     "open_anndata_file",
+    "peak_tokens",
+    "protein_tokens",
     "quantile_edges",
     "read_gene_names",
     "tokenize_cells",

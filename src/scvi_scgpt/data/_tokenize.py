@@ -63,6 +63,35 @@ class TokenizerConfig:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ModalityLayout:
+    """Which modality each matrix column holds and which cells were measured in each.
+
+    Parameters
+    ----------
+    column_modality
+        ``(n_columns,)`` modality id of each column (ids of the modality vocabulary,
+        :func:`~scvi_scgpt.data.modality_vocabulary`).
+    measured
+        ``(n_cells, n_modality_ids)`` bool: cell ``i`` was measured in modality ``j``.
+    cls_id, pad_id
+        Modality ids of ``<cls>`` and of padding.
+    """
+
+    column_modality: np.ndarray
+    measured: np.ndarray
+    cls_id: int
+    pad_id: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "column_modality", np.asarray(self.column_modality, np.int64))
+        object.__setattr__(self, "measured", np.asarray(self.measured, dtype=bool))
+
+    def rows(self, rows: np.ndarray) -> ModalityLayout:
+        """The layout of a subset of cells (``measured[rows]``)."""
+        return ModalityLayout(self.column_modality, self.measured[rows], self.cls_id, self.pad_id)
+
+
 @dataclass
 class TokenizedCells:
     """Ragged token sequences of several cells (``<cls>`` first in each).
@@ -77,12 +106,15 @@ class TokenizedCells:
         Input values (bins, or raw values) of all tokens, float32.
     n_expressed
         Expressed vocabulary genes per cell before sampling to ``max_seq_len``.
+    modality_ids
+        Modality id of every token (multi-omic tokenization), or ``None``.
     """
 
     indptr: np.ndarray
     gene_ids: np.ndarray
     values: np.ndarray
     n_expressed: np.ndarray
+    modality_ids: np.ndarray | None = None
 
     @property
     def n_cells(self) -> int:
@@ -95,12 +127,18 @@ class TokenizedCells:
         return np.diff(self.indptr)
 
     def pad(
-        self, rows: np.ndarray | None, *, pad_id: int, pad_value: float
+        self,
+        rows: np.ndarray | None,
+        *,
+        pad_id: int,
+        pad_value: float,
+        modality_pad_id: int = 0,
     ) -> dict[str, np.ndarray]:
         """Padded ``(len(rows), L)`` arrays for a subset of cells, ``L`` = longest of them.
 
         Returns a dict with ``gene_ids`` (int64), ``values`` (float32) and ``padding_mask``
-        (bool, ``True`` at padding).
+        (bool, ``True`` at padding), and ``modality_ids`` (int64, ``modality_pad_id`` at
+        padding) for multi-omic tokens.
         """
         rows = np.arange(self.n_cells) if rows is None else np.asarray(rows)
         starts = self.indptr[rows]
@@ -113,11 +151,16 @@ class TokenizedCells:
         values = np.full((len(rows), width), pad_value, dtype=np.float32)
         gene_ids[valid] = self.gene_ids[src]
         values[valid] = self.values[src]
-        return {
+        out = {
             TOKEN_KEYS.GENE_IDS: gene_ids,
             TOKEN_KEYS.VALUES: values,
             TOKEN_KEYS.PADDING_MASK: ~valid,
         }
+        if self.modality_ids is not None:
+            modality = np.full((len(rows), width), modality_pad_id, dtype=np.int64)
+            modality[valid] = self.modality_ids[src]
+            out[TOKEN_KEYS.MODALITY_IDS] = modality
+        return out
 
 
 def check_expression_values(data: np.ndarray, *, where: str = "the expression matrix") -> None:
@@ -159,6 +202,7 @@ def tokenize_cells(
     *,
     cls_id: int,
     cell_labels: np.ndarray | None = None,
+    modalities: ModalityLayout | None = None,
 ) -> TokenizedCells:
     """Tokenize the rows of an expression matrix.
 
@@ -180,6 +224,11 @@ def tokenize_cells(
         Vocabulary id of ``<cls>``.
     cell_labels
         Names of the rows, used in error messages only.
+    modalities
+        Multi-omic tokenization (:class:`ModalityLayout`, its ``measured`` rows aligned
+        with ``matrix``'s): each modality of a cell is binned on its own (official), a cell
+        gets no token of a modality it was not measured in (zeros included: mosaic data), and
+        the tokens carry modality ids (``<cls>`` the ``<cls>`` modality id).
 
     Returns
     -------
@@ -200,6 +249,19 @@ def tokenize_cells(
     gene_ids = entry_vocab[keep]
     raw = csr.data[keep]
     cols = csr.indices[keep]
+    mods = None
+    if modalities is not None:
+        column_modality = modalities.column_modality
+        measured = modalities.measured
+        if len(column_modality) != csr.shape[1] or len(measured) != n_cells:
+            raise ValueError(
+                f"The modality layout ({len(column_modality)} columns, {len(measured)} cells) "
+                f"does not fit the matrix {csr.shape}."
+            )
+        mods = column_modality[cols]
+        keep_measured = measured[rows, mods]
+        rows, gene_ids, raw = rows[keep_measured], gene_ids[keep_measured], raw[keep_measured]
+        cols, mods = cols[keep_measured], mods[keep_measured]
     n_expressed = np.bincount(rows, minlength=n_cells)
     indptr = np.zeros(n_cells + 1, dtype=np.int64)
     np.cumsum(n_expressed, out=indptr[1:])
@@ -218,13 +280,21 @@ def tokenize_cells(
         values = raw.astype(np.float32)
     else:
         uniforms = entry_uniform(seeds[rows], gene_ids, STREAM_TIES)
-        values = bin_expression(indptr, raw, n_bins=config.n_bins, uniforms=uniforms)
+        if mods is None:
+            values = bin_expression(indptr, raw, n_bins=config.n_bins, uniforms=uniforms)
+        else:
+            values = _bin_per_modality(rows, mods, raw, uniforms, n_cells, config.n_bins)
         values = values.astype(np.float32)
 
     if config.include_zero_genes:
         rows, cols, gene_ids, values = _with_zero_genes(
             n_cells, rows, cols, values, column_vocab_ids
         )
+        if mods is not None:
+            mods = column_modality[cols]
+            keep_measured = measured[rows, mods]
+            rows, gene_ids = rows[keep_measured], gene_ids[keep_measured]
+            values, mods = values[keep_measured], mods[keep_measured]
 
     max_genes = config.max_seq_len - 1
     counts = np.bincount(rows, minlength=n_cells)
@@ -237,6 +307,7 @@ def tokenize_cells(
         rank[order] = np.arange(len(order)) - starts[rows[order]]
         sampled = rank < max_genes
         rows, gene_ids, values = rows[sampled], gene_ids[sampled], values[sampled]
+        mods = None if mods is None else mods[sampled]
         counts = np.minimum(counts, max_genes)
 
     # prepend <cls>: each cell's tokens move right by (its row index + 1)
@@ -251,9 +322,31 @@ def tokenize_cells(
     gene_pos = np.arange(len(rows)) + rows + 1
     out_genes[gene_pos] = gene_ids
     out_values[gene_pos] = values
+    out_mods = None
+    if mods is not None:
+        out_mods = np.empty(total, dtype=np.int64)
+        out_mods[cls_pos] = modalities.cls_id
+        out_mods[gene_pos] = mods
     return TokenizedCells(
-        indptr=out_indptr, gene_ids=out_genes, values=out_values, n_expressed=n_expressed
+        indptr=out_indptr,
+        gene_ids=out_genes,
+        values=out_values,
+        n_expressed=n_expressed,
+        modality_ids=out_mods,
     )
+
+
+def _bin_per_modality(rows, mods, raw, uniforms, n_cells, n_bins) -> np.ndarray:
+    """Bins of each (cell, modality) group's values on their own quantiles (official)."""
+    n_mod = int(mods.max()) + 1 if len(mods) else 1
+    group = rows * n_mod + mods
+    order = np.argsort(group, kind="stable")
+    group_indptr = np.zeros(n_cells * n_mod + 1, dtype=np.int64)
+    np.cumsum(np.bincount(group, minlength=n_cells * n_mod), out=group_indptr[1:])
+    binned = bin_expression(group_indptr, raw[order], n_bins=n_bins, uniforms=uniforms[order])
+    values = np.empty(len(raw), dtype=binned.dtype)
+    values[order] = binned
+    return values
 
 
 def _with_zero_genes(n_cells, rows, cols, values, column_vocab_ids):

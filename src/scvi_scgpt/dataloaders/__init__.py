@@ -10,6 +10,7 @@ from scvi_scgpt.dataloaders._collate import (
     split_generated,
 )
 from scvi_scgpt.dataloaders._inference import iter_token_batches
+from scvi_scgpt.dataloaders._multiomic import CellRowsDataModule, MultiOmicCollator
 from scvi_scgpt.dataloaders._perturbation import (
     PERTURBATION_KEY,
     PairedControlCollator,
@@ -18,14 +19,17 @@ from scvi_scgpt.dataloaders._perturbation import (
 )
 from scvi_scgpt.dataloaders._streaming import AnnDataFileStream, StreamingAnnDataModule
 
-# the perturbation task's collator subclasses TokenCollator, so it registers here
+# the perturbation and multi-omic collators subclass TokenCollator, so they register here
 COLLATORS["paired_control"] = PairedControlCollator
+COLLATORS["multiomic"] = MultiOmicCollator
 
 __all__ = [
     "COLLATORS",
     "PERTURBATION_KEY",
     "AnnDataFileStream",
+    "CellRowsDataModule",
     "GenerativeCollator",
+    "MultiOmicCollator",
     "PairedControlCollator",
     "StreamingAnnDataModule",
     "TokenCollator",

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from scvi_scgpt._constants import MASK_VALUE, TOKEN_KEYS
-from scvi_scgpt.data import TokenizerConfig, tokenize_cells
+from scvi_scgpt.data import ModalityLayout, TokenizerConfig, tokenize_cells
 
 if TYPE_CHECKING:
     from scvi_scgpt.module import ObjectiveConfig
@@ -94,14 +94,32 @@ class TokenCollator:
 
     def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
         """Collate one minibatch."""
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-        config = replace(self.tokenizer, seed=seed)
         x = batch[TOKEN_KEYS.X]
         if isinstance(x, torch.Tensor):
             x = x.to_dense().numpy() if x.is_sparse or x.layout != torch.strided else x.numpy()
         column_ids = batch.get(TOKEN_KEYS.COLUMN_VOCAB_IDS, self.column_vocab_ids)
-        tokens = tokenize_cells(x, column_ids, config, cls_id=self.cls_id)
-        padded = tokens.pad(None, pad_id=self.pad_id, pad_value=config.pad_value)
+        return self.collate_cells(x, column_ids, batch)
+
+    def collate_cells(
+        self,
+        x,
+        column_ids: np.ndarray,
+        batch: dict,
+        modalities: ModalityLayout | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Token tensors of the cells ``x`` (rows), with ``batch``'s codes passed through.
+
+        ``modalities`` (multi-omic cells) adds ``TOKEN_KEYS.MODALITY_IDS``.
+        """
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        config = replace(self.tokenizer, seed=seed)
+        tokens = tokenize_cells(x, column_ids, config, cls_id=self.cls_id, modalities=modalities)
+        padded = tokens.pad(
+            None,
+            pad_id=self.pad_id,
+            pad_value=config.pad_value,
+            modality_pad_id=0 if modalities is None else modalities.pad_id,
+        )
         target = padded[TOKEN_KEYS.VALUES]
         values = target.copy()
         if self.mask_ratio > 0:
@@ -114,6 +132,8 @@ class TokenCollator:
             TOKEN_KEYS.TARGET_VALUES: torch.from_numpy(target),
             TOKEN_KEYS.PADDING_MASK: torch.from_numpy(padded[TOKEN_KEYS.PADDING_MASK]),
         }
+        if TOKEN_KEYS.MODALITY_IDS in padded:
+            out[TOKEN_KEYS.MODALITY_IDS] = torch.from_numpy(padded[TOKEN_KEYS.MODALITY_IDS])
         for key in (TOKEN_KEYS.BATCH, TOKEN_KEYS.LABELS, TOKEN_KEYS.CELL_INDEX):
             if key in batch:
                 out[key] = torch.as_tensor(np.asarray(batch[key])).reshape(-1).long()

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from scvi_scgpt._constants import TOKEN_KEYS
-from scvi_scgpt.data import TokenizerConfig, tokenize_cells
+from scvi_scgpt.data import ModalityLayout, TokenizerConfig, tokenize_cells
 
 
 def iter_token_batches(
@@ -23,6 +23,7 @@ def iter_token_batches(
     max_tokens: int | None = None,
     cell_labels: np.ndarray | None = None,
     batch_codes: np.ndarray | None = None,
+    modalities: ModalityLayout | None = None,
 ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Yield ``(positions in indices, padded token arrays)``, length-sorted per chunk.
 
@@ -50,6 +51,9 @@ def iter_token_batches(
         cell's tokens do not depend on which other cells are processed.
     batch_codes
         Per-row batch code; added to each batch as ``TOKEN_KEYS.BATCH``.
+    modalities
+        Multi-omic matrices: the columns' modalities and the cells measured in each (rows
+        aligned with ``matrix``); batches then carry ``TOKEN_KEYS.MODALITY_IDS``.
     """
     if batch_size < 1 or chunk_size < 1:
         raise ValueError("batch_size and chunk_size must be positive.")
@@ -64,7 +68,9 @@ def iter_token_batches(
             tokenizer,
             cls_id=cls_id,
             cell_labels=None if cell_labels is None else cell_labels[rows_read],
+            modalities=None if modalities is None else modalities.rows(rows_read),
         )
+        modality_pad_id = 0 if modalities is None else modalities.pad_id
         by_length = np.argsort(-tokens.lengths, kind="stable")
         b = 0
         while b < len(by_length):
@@ -72,7 +78,12 @@ def iter_token_batches(
             n = batch_size if max_tokens is None else max(1, min(batch_size, max_tokens // width))
             rows = by_length[b : b + n]
             b += n
-            padded = tokens.pad(rows, pad_id=pad_id, pad_value=tokenizer.pad_value)
+            padded = tokens.pad(
+                rows,
+                pad_id=pad_id,
+                pad_value=tokenizer.pad_value,
+                modality_pad_id=modality_pad_id,
+            )
             if batch_codes is not None:
                 padded[TOKEN_KEYS.BATCH] = batch_codes[rows_read[rows]]
             yield start + order[rows], padded

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
 from tqdm.auto import tqdm
 
-from scvi_scgpt.data import GeneMatch, GeneVocab, TokenizerConfig, match_genes
+from scvi_scgpt.data import GeneMatch, GeneVocab, ModalityLayout, TokenizerConfig, match_genes
 from scvi_scgpt.dataloaders import iter_token_batches
 from scvi_scgpt.model._scvi_compat import anndata_uuid, give_own_uuid
 
@@ -39,6 +40,30 @@ def resolve_vocab(vocab, adata: AnnData, gene_symbols_key: str | None) -> GeneVo
     return GeneVocab(vocab)
 
 
+@dataclass(frozen=True)
+class CellSource:
+    """The cells of an AnnData (or MuData) as tokenization reads them.
+
+    Attributes
+    ----------
+    matrix
+        ``(n_obs, n_columns)`` expression (for MuData the modalities side by side, rows in
+        ``obs_names`` order, unmeasured cells as empty rows).
+    column_vocab_ids
+        Vocabulary id of each column (``-1``: not used).
+    batch_codes, label_codes
+        Per-row batch and label codes of the registry.
+    modalities
+        Column modalities and measured cells (multi-omic data), else ``None``.
+    """
+
+    matrix: Any
+    column_vocab_ids: np.ndarray
+    batch_codes: np.ndarray
+    label_codes: np.ndarray
+    modalities: ModalityLayout | None = None
+
+
 class BaseMixin:
     """Validation, per-AnnData gene resolution and the one loop that runs cells in batches.
 
@@ -59,6 +84,12 @@ class BaseMixin:
                 # a copy of a set-up AnnData: give it its own id, then transfer the setup
                 give_own_uuid(adata)
         return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+
+    @classmethod
+    def _setup_from_registry(cls, adata, registry: dict, **kwargs) -> None:
+        """Set ``adata`` up as the registry's data was (``setup_anndata`` or ``setup_mudata``)."""
+        setup = getattr(cls, registry.get("setup_method_name") or "setup_anndata")
+        setup(adata, source_registry=registry, **kwargs, **registry["setup_args"])
 
     def _uses_batches(self) -> bool:
         a = self.architecture
@@ -148,14 +179,11 @@ class BaseMixin:
 
         ``column_ids`` and ``tokenizer`` default to the model's gene matching and settings.
         """
-        manager = self.get_anndata_manager(adata, required=True)
-        batch_codes = None
-        if self._uses_batches():
-            batch_codes = np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
+        source = self._cell_source(adata)
         return iter_token_batches(
-            manager.get_from_registry(REGISTRY_KEYS.X_KEY),
+            source.matrix,
             indices,
-            self._column_vocab_ids(adata) if column_ids is None else column_ids,
+            source.column_vocab_ids if column_ids is None else column_ids,
             tokenizer or self.tokenizer_config,
             cls_id=self.vocab_.cls_id,
             pad_id=self.vocab_.pad_id,
@@ -163,8 +191,29 @@ class BaseMixin:
             chunk_size=chunk_size,
             max_tokens=max_tokens,
             cell_labels=np.asarray(adata.obs_names),
-            batch_codes=batch_codes,
+            batch_codes=source.batch_codes if self._uses_batches() else None,
+            modalities=source.modalities,
         )
+
+    def _cell_source(self, adata: AnnData) -> CellSource:
+        """What tokenization reads of ``adata``: the matrix, column ids, batch codes."""
+        manager = self.get_anndata_manager(adata, required=True)
+        return CellSource(
+            matrix=manager.get_from_registry(REGISTRY_KEYS.X_KEY),
+            column_vocab_ids=self._column_vocab_ids(adata),
+            batch_codes=np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel(),
+            label_codes=np.asarray(manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel(),
+        )
+
+    def _collator_inputs(self, collator: str) -> dict:
+        """Data a training collator needs beyond the minibatch, by collator name.
+
+        Returns ``{"collator": constructor arguments, "splitter": data-splitter arguments}``
+        (both optional); ``{"cell_rows": True}`` makes ``train`` send only row numbers to the
+        collator, which then reads the cells itself (multi-omic data). Capabilities that add
+        a collator extend this (and call ``super()``).
+        """
+        return {}
 
     def _run_batches(
         self,

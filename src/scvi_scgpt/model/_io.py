@@ -23,6 +23,7 @@ from scvi_scgpt.model._checkpoint import (
     read_args,
     read_state_dict,
 )
+from scvi_scgpt.model._multiomic import KEEP_VOCAB
 from scvi_scgpt.model._scvi_compat import pick_device
 from scvi_scgpt.model._serialization import from_jsonable, to_jsonable
 from scvi_scgpt.module import infer_architecture, official_args, to_torch_layout
@@ -68,7 +69,11 @@ class IOMixin:
         model_dir
             Official model directory.
         adata
-            AnnData set up with :meth:`setup_anndata`.
+            AnnData set up with :meth:`setup_anndata`, or a MuData set up with
+            :meth:`setup_mudata`: its proteins and peaks become new tokens (new rows of the
+            gene embedding, uniform in ±0.1 as official), the RNA genes keep their pretrained
+            rows, the modality encoder is added and decoders widened for the modality tokens
+            are freshly initialised; train with ``train("multiomic")``.
         strict
             Refuse checkpoint tensors the architecture has no place for (else they are only
             listed in ``checkpoint_audit_``).
@@ -119,12 +124,20 @@ class IOMixin:
             )
         finally:
             BUILD_ON_META.reset(token)
+        grown = len(model.vocab_) - len(vocab)
+        if grown > 0:  # a MuData's proteins and peaks: new rows, official uniform init
+            state = dict(state)
+            old = state["encoder.embedding.weight"]
+            rows = torch.empty(grown, old.shape[1], dtype=old.dtype)
+            rows.uniform_(-0.1, 0.1, generator=torch.Generator().manual_seed(seed))
+            state["encoder.embedding.weight"] = torch.cat([old, rows])
+            logger.info("Added %d new tokens (proteins, peaks) to the vocabulary.", grown)
         audit = load_into_module(
             model.module,
             state,
             strict=strict,
             renamed=renamed,
-            resized_heads=bool(overrides),
+            resized_heads=bool(overrides) or model.modality_vocab_ is not None,
             assign=True,
         )
         if audit.mismatched:
@@ -201,7 +214,8 @@ class IOMixin:
 
         Writes ``model.pt`` (state dict, read back with ``weights_only=True``), ``vocab.json``
         and ``scvi_scgpt.json`` (settings, scvi-tools registry, training history), plus
-        ``adata.h5ad`` with ``save_anndata``. :meth:`load` restores an identical model.
+        ``adata.h5ad`` (``adata.h5mu`` for a MuData) with ``save_anndata``. :meth:`load`
+        restores an identical model.
         """
         prefix = prefix or ""
         dir_path = self._prepare_dir(dir_path, overwrite, (prefix + _MODEL_FILE,))
@@ -228,7 +242,9 @@ class IOMixin:
         )
         self.vocab_.save(dir_path / (prefix + _VOCAB_FILE))
         torch.save(self.module.state_dict(), dir_path / (prefix + _MODEL_FILE))
-        if save_anndata:
+        if save_anndata and type(self.adata).__name__ == "MuData":
+            self.adata.write_h5mu(dir_path / (prefix + "adata.h5mu"), **anndata_write_kwargs)
+        elif save_anndata:
             self.adata.write_h5ad(dir_path / (prefix + "adata.h5ad"), **anndata_write_kwargs)
 
     @classmethod
@@ -270,17 +286,27 @@ class IOMixin:
             )
         if adata is None:
             h5ad = dir_path / (prefix + "adata.h5ad")
-            if not h5ad.is_file():
-                raise ValueError("Pass the AnnData to attach: no adata.h5ad was saved.")
-            import anndata
+            h5mu = dir_path / (prefix + "adata.h5mu")
+            if h5mu.is_file():
+                import mudata
 
-            adata = anndata.read_h5ad(h5ad)
+                adata = mudata.read_h5mu(h5mu)
+            elif h5ad.is_file():
+                import anndata
+
+                adata = anndata.read_h5ad(h5ad)
+            else:
+                raise ValueError("Pass the AnnData to attach: no adata.h5ad was saved.")
         registry = meta["registry"]
-        cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
+        cls._setup_from_registry(adata, registry)
         vocab = GeneVocab.from_file(dir_path / (prefix + _VOCAB_FILE))
         init = meta["init_params"]
         kwargs_flat = {k: v for group in init["kwargs"].values() for k, v in group.items()}
-        model = cls(adata, vocab=vocab, **init["non_kwargs"], **kwargs_flat)
+        token = KEEP_VOCAB.set(True)
+        try:
+            model = cls(adata, vocab=vocab, **init["non_kwargs"], **kwargs_flat)
+        finally:
+            KEEP_VOCAB.reset(token)
         for attr, value in meta["attrs"].items():
             setattr(model, attr, value)
         if "checkpoint_audit" in meta:

@@ -11,6 +11,7 @@ from scvi import REGISTRY_KEYS
 
 from scvi_scgpt._constants import TOKEN_KEYS
 from scvi_scgpt.model._checkpoint import load_into_module
+from scvi_scgpt.model._multiomic import KEEP_VOCAB
 from scvi_scgpt.module import PER_BATCH_ROWS
 from scvi_scgpt.tl import knn_label_transfer
 
@@ -63,16 +64,20 @@ class ReferenceMappingMixin:
         """
         ref = reference_model
         registry = ref.adata_manager.registry
-        cls.setup_anndata(
-            adata, source_registry=registry, extend_categories=True, **registry["setup_args"]
-        )
+        if type(adata).__name__ == "MuData":
+            ref._check_query_modalities(adata)
+        cls._setup_from_registry(adata, registry, extend_categories=True)
         init = ref.init_params_
         kwargs = {k: v for g in init["kwargs"].values() for k, v in g.items()}
         non_kwargs = {k: v for k, v in init["non_kwargs"].items() if k != "vocab"}
         uses_batches = ref._uses_batches()
         if uses_batches:
             kwargs["n_batch"] = len(_categories(adata, cls))
-        model = cls(adata, vocab=ref.vocab_, **non_kwargs, **kwargs)
+        token = KEEP_VOCAB.set(True)
+        try:
+            model = cls(adata, vocab=ref.vocab_, **non_kwargs, **kwargs)
+        finally:
+            KEEP_VOCAB.reset(token)
         model.gene_subset_ = ref.gene_subset_
         state = {k: v.detach().clone() for k, v in ref.module.state_dict().items()}
         own = model.module.state_dict()

@@ -1,8 +1,9 @@
 """The user-facing :class:`SCGPT` model: its setup, and the composition of its capabilities.
 
-Each capability lives in its own mixin (``_embedding``, ``_annotation``, ``_mapping``,
-``_generation``, ``_training``, ``_io``), all built on ``_base.BaseMixin`` (validation, gene
-resolution and the one batch loop). See ``docs/architecture.md``.
+Each capability lives in its own mixin (``_multiomic``, ``_embedding``, ``_annotation``,
+``_mapping``, ``_generation``, ``_networks``, ``_perturbation``, ``_training``, ``_io``),
+all built on ``_base.BaseMixin`` (validation, gene resolution and the one batch loop). See
+``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
@@ -30,6 +32,7 @@ from scvi_scgpt.model._fields import GeneExpressionField
 from scvi_scgpt.model._generation import GenerationMixin
 from scvi_scgpt.model._io import IOMixin
 from scvi_scgpt.model._mapping import ReferenceMappingMixin
+from scvi_scgpt.model._multiomic import MultiOmicMixin, is_mudata
 from scvi_scgpt.model._networks import GeneNetworkMixin
 from scvi_scgpt.model._perturbation import PerturbationMixin
 from scvi_scgpt.model._perturbation_setup import perturbation_fields
@@ -39,6 +42,7 @@ from scvi_scgpt.module import ArchitectureConfig, SCGPTModule
 
 
 class SCGPT(
+    MultiOmicMixin,
     EmbeddingMixin,
     AnnotationMixin,
     ReferenceMappingMixin,
@@ -60,7 +64,9 @@ class SCGPT(
     Parameters
     ----------
     adata
-        AnnData registered with :meth:`setup_anndata`.
+        AnnData registered with :meth:`setup_anndata`, or a MuData registered with
+        :meth:`setup_mudata` (RNA, protein and ATAC tokens in one joint vocabulary: genes
+        matched to ``vocab``, proteins and peaks appended as new tokens).
     vocab
         Gene vocabulary: a :class:`~scvi_scgpt.data.GeneVocab`, a ``vocab.json`` path,
         ``"census"`` for the bundled whole-human vocabulary, a list of genes, or ``None`` to
@@ -112,7 +118,14 @@ class SCGPT(
     ) -> None:
         super().__init__(adata)
         setup_args = self.adata_manager.registry["setup_args"]
-        self.vocab_ = resolve_vocab(vocab, self.adata, setup_args.get("gene_symbols_key"))
+        symbols = setup_args.get("gene_symbols_key")
+        self.modality_vocab_: list[str] | None = None
+        if is_mudata(self.adata):
+            rna = [s for s in self._specs() if s.name == "RNA"]
+            genes = self.adata.mod[rna[0].mod_key] if rna else AnnData(var=pd.DataFrame())
+            architecture.update(self._init_modalities(resolve_vocab(vocab, genes, symbols)))
+        else:
+            self.vocab_ = resolve_vocab(vocab, self.adata, symbols)
         self.tokenizer_config = TokenizerConfig(
             max_seq_len=max_seq_len,
             n_bins=n_bins,
@@ -193,6 +206,10 @@ class SCGPT(
         modified; on invalid input nothing is written.
         """
         setup_method_args = cls._get_setup_method_args(**locals())
+        if is_mudata(adata):
+            raise TypeError(
+                "setup_anndata takes an AnnData; register a MuData with SCGPT.setup_mudata."
+            )
         if gene_symbols_key is not None and gene_symbols_key not in adata.var.columns:
             raise KeyError(
                 f"gene_symbols_key={gene_symbols_key!r} is not a column of adata.var "

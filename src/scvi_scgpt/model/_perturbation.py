@@ -55,7 +55,7 @@ class PerturbationMixin:
     def _collator_inputs(self, collator: str) -> dict:
         """Control cells, perturbed genes and held-out cells for the paired collator."""
         if collator != "paired_control":
-            return {}
+            return super()._collator_inputs(collator)
         adata = self.adata
         key, control = self._perturbation_setup(adata)
         manager = self.adata_manager

@@ -11,12 +11,12 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
-from scvi import REGISTRY_KEYS
+from scvi import REGISTRY_KEYS, settings
 from scvi.dataloaders import DataSplitter
 from scvi.train import TrainRunner
 
 from scvi_scgpt.data import TokenizerConfig
-from scvi_scgpt.dataloaders import COLLATORS
+from scvi_scgpt.dataloaders import COLLATORS, CellRowsDataModule
 from scvi_scgpt.model._checkpoint import load_into_module
 from scvi_scgpt.model._scvi_compat import use_distributed_sampler
 from scvi_scgpt.model._training_defaults import (
@@ -48,7 +48,9 @@ class TrainingMixin:
 
     def train(
         self,
-        task: Literal["integration", "annotation", "gep", "pretrain"] = "gep",
+        task: Literal[
+            "integration", "annotation", "gep", "pretrain", "perturbation", "multiomic"
+        ] = "gep",
         *,
         max_epochs: int | None = None,
         batch_size: int | None = None,
@@ -95,6 +97,11 @@ class TrainingMixin:
           MSE + GEPC + cell-prompt step; ``flag_encoder`` added), expressed genes up to 1,200
           tokens, cosine schedule with warm-up. Works from scratch or from an official
           checkpoint (continued pretraining).
+        - ``"perturbation"``: the official perturbation recipe (``docs/perturbation.md``).
+        - ``"multiomic"``: a MuData from :meth:`setup_mudata`: GEP + GEPC + DAR with batch and
+          modality tokens for the decoders, 1,200 RNA HVGs + every protein + 4,000 highly
+          variable peaks (``n_top_genes`` may be a dict ``{"RNA": 1200, "ATAC": 4000}``),
+          mask ratio 0.4, lr 1e-3, StepLR(0.95), batch 16, 25 epochs (official tutorial).
 
         Heads the task needs and the model lacks (a pretrained checkpoint has no classifier,
         say) are added, freshly initialised; all other weights are kept. DSBN normalises each
@@ -202,7 +209,7 @@ class TrainingMixin:
         )
         # a collator that needs more than tokens (e.g. paired control cells) gets it from
         # the mixin of its task, as it may also hold out cells (``external_indexing``)
-        collator_inputs = getattr(self, "_collator_inputs", lambda _name: {})(preset.collator)
+        collator_inputs = self._collator_inputs(preset.collator)
         collator = COLLATORS[preset.collator].for_objectives(
             column_ids,
             self.tokenizer_config,
@@ -223,6 +230,16 @@ class TrainingMixin:
             data_splitter = datamodule
             if datamodule.val_stream is None:
                 trainer_kwargs.setdefault("limit_val_batches", 0)
+        elif collator_inputs.get("cell_rows"):
+            data_splitter = CellRowsDataModule(
+                self.adata.n_obs,
+                collator,
+                train_size=train_size,
+                validation_size=validation_size,
+                batch_size=values["batch_size"],
+                seed=settings.seed,
+                **splitter_kwargs,
+            )
         else:
             data_splitter = DataSplitter(
                 self.adata_manager,
