@@ -184,7 +184,7 @@ def test_train_multiomic_save_load_and_query(tmp_path, mdata):
     task = model.training_task_
     assert task["task"] == "multiomic" and task["hyperparameters"]["lr_gamma"] == 0.95
     assert len(model.gene_subset_) == 20 + 6  # 20 HVGs and every protein
-    assert np.isfinite(model.history_["train_loss_epoch"].to_numpy()).all()
+    assert np.isfinite(model.history_["train_loss"].to_numpy(dtype=float)).all()
     latent = model.get_latent_representation(mdata)
     model.save(tmp_path / "m", save_anndata=True)
     loaded = SCGPT.load(tmp_path / "m")
@@ -243,3 +243,10 @@ def test_from_pretrained_adds_protein_rows(official_dir):
     torch.testing.assert_close(weight[:n_old], rna_only.module.encoder.embedding.weight)
     assert weight[n_old:].abs().max() <= 0.1
     assert model.get_latent_representation(mdata).shape[0] == mdata.n_obs
+
+    fresh = SCGPT.from_pretrained(
+        official_dir / "zeroshot_model", mdata, inherit="gene_embeddings"
+    )
+    torch.testing.assert_close(fresh.module.encoder.embedding.weight, weight)
+    layer = "transformer_encoder.layers.0.self_attn.in_proj_weight"
+    assert not torch.equal(fresh.module.state_dict()[layer], model.module.state_dict()[layer])

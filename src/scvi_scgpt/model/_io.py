@@ -7,6 +7,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -51,6 +52,7 @@ class IOMixin:
         checkpoint: str | None = None,
         accelerator: str = "auto",
         device: int | str = "auto",
+        inherit: Literal["all", "gene_embeddings"] = "all",
         **overrides,
     ):
         """Load an official scGPT model directory.
@@ -86,6 +88,11 @@ class IOMixin:
             ``model.safetensors``).
         accelerator, device
             Where to put the model (scvi-tools conventions).
+        inherit
+            ``"all"``: every checkpoint tensor is loaded. ``"gene_embeddings"``: only the gene
+            embedding rows and ``encoder.enc_norm.weight`` are kept and everything else is
+            freshly initialised (seeded by ``seed``), as the official multi-omic tutorial
+            starts from the whole-human model (the depth stays the checkpoint's).
         **overrides
             Architecture options overriding the checkpoint's (e.g. ``n_cls=8`` adds a fresh
             classifier head; ``dropout``).
@@ -94,6 +101,8 @@ class IOMixin:
         -------
         The loaded :class:`SCGPT` model (marked as trained).
         """
+        if inherit not in ("all", "gene_embeddings"):
+            raise ValueError(f"inherit must be 'all' or 'gene_embeddings', got {inherit!r}.")
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise FileNotFoundError(f"Model directory {str(model_dir)!r} does not exist.")
@@ -154,6 +163,15 @@ class IOMixin:
                 stacklevel=settings.warnings_stacklevel,
             )
         logger.info("Loaded %s: %s", weights, audit.summary().replace("\n", "; "))
+        if inherit == "gene_embeddings":
+            torch.manual_seed(seed)
+            fresh = cls._module_cls(model.architecture)
+            with torch.no_grad():
+                for name in ("embedding.weight", "enc_norm.weight"):
+                    fresh.encoder.get_parameter(name).copy_(
+                        model.module.encoder.get_parameter(name)
+                    )
+            model.module = fresh
         model.checkpoint_audit_ = audit
         model.is_trained_ = True
         model.to_device(pick_device(accelerator, device))

@@ -123,7 +123,15 @@ class SCGPT(
         if is_mudata(self.adata):
             rna = [s for s in self._specs() if s.name == "RNA"]
             genes = self.adata.mod[rna[0].mod_key] if rna else AnnData(var=pd.DataFrame())
-            architecture.update(self._init_modalities(resolve_vocab(vocab, genes, symbols)))
+            options = self._init_modalities(resolve_vocab(vocab, genes, symbols))
+            if architecture.get("use_mod") and (
+                architecture.get("n_mod_tokens") != options["n_mod_tokens"]
+            ):
+                raise ValueError(
+                    f"The checkpoint's modality vocabulary has {architecture['n_mod_tokens']} "
+                    f"tokens; this MuData's modalities give {self.modality_vocab_}."
+                )
+            architecture.update(options)
         else:
             self.vocab_ = resolve_vocab(vocab, self.adata, symbols)
         self.tokenizer_config = TokenizerConfig(

@@ -63,6 +63,15 @@ class ArchitectureConfig:
         Perturbation models (official ``TransformerGenerator``): add the per-gene
         perturbation-flag embedding ``pert_encoder`` (3 ids; ``pert_pad_id`` is its padding
         row, 0 in the official tutorial, 2 by default).
+    use_mod, n_mod_tokens, mod_pad_id
+        Multi-omic models (official ``MultiOmicTransformerModel``): a modality embedding
+        ``mod_encoder`` over a modality vocabulary of ``n_mod_tokens`` (official
+        ``ntokens_mod``; ``mod_pad_id`` is its ``<pad>`` row). It is not added to the encoder
+        input: it is concatenated (summed with the batch embedding when both exist) onto the
+        per-token transformer output for ``decoder`` and onto both sides of ``mvc_decoder``.
+    mod_in_input
+        Also add the modality embedding to the encoder input embeddings (a deviation from
+        the official model, which keeps modality out of attention).
     affine_decoder, decoder_activation, decoder_adaptive_bias
         Use the ``AffineExprDecoder`` (``coeff * input value + bias``) as ``decoder``; it is
         also used whenever an activation (a ``torch.nn`` name) or the adaptive bias is set,
@@ -96,6 +105,10 @@ class ArchitectureConfig:
     use_flash: bool = True
     use_pert_flags: bool = False
     pert_pad_id: int = 2
+    use_mod: bool = False
+    n_mod_tokens: int = 0
+    mod_pad_id: int = 0
+    mod_in_input: bool = False
     affine_decoder: bool = False
     decoder_activation: str | None = None
     decoder_adaptive_bias: bool = False
@@ -127,8 +140,15 @@ class ArchitectureConfig:
             raise ValueError(f"Unknown cell_emb_style {self.cell_emb_style!r}.")
         if not 0 <= self.pert_pad_id <= 2:
             raise ValueError(f"pert_pad_id must be 0, 1 or 2, got {self.pert_pad_id}.")
-        if self.uses_affine_decoder and self.use_batch_labels:
-            raise ValueError("The AffineExprDecoder does not take batch labels.")
+        if self.use_mod and not 0 <= self.mod_pad_id < self.n_mod_tokens:
+            raise ValueError(
+                f"use_mod needs a modality vocabulary (n_mod_tokens={self.n_mod_tokens}) holding "
+                f"mod_pad_id={self.mod_pad_id}."
+            )
+        if self.mod_in_input and not self.use_mod:
+            raise ValueError("mod_in_input needs use_mod=True.")
+        if self.uses_affine_decoder and (self.use_batch_labels or self.use_mod):
+            raise ValueError("The AffineExprDecoder does not take batch or modality labels.")
         needs_batches = self.do_dab or self.use_batch_labels or self.domain_spec_batchnorm
         if needs_batches and self.n_batch < 1:
             raise ValueError(

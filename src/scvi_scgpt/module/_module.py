@@ -8,6 +8,7 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
 from scvi_scgpt._constants import MASK_VALUE, TOKEN_KEYS
+from scvi_scgpt.module._conditioning import decoder_inputs
 from scvi_scgpt.module._config import ArchitectureConfig, ObjectiveConfig
 from scvi_scgpt.module._losses import elastic_cell_similarity, masked_bernoulli_nll, masked_mse
 from scvi_scgpt.module._perturbation import perturbation_loss
@@ -33,7 +34,8 @@ class SCGPTModule(BaseModuleClass):
     Submodule names equal those of the official ``TransformerModel`` (``encoder``,
     ``value_encoder``, ``transformer_encoder.layers.{i}.self_attn.in_proj_weight``, ``decoder``,
     ``mvc_decoder``, ``cls_decoder``, ``grad_reverse_discriminator``, ``batch_encoder``,
-    ``dsbn``, ``bn``, ``flag_encoder``) and, for perturbation models, of the official
+    ``dsbn``, ``bn``, ``flag_encoder``), for multi-omic models of the official
+    ``MultiOmicTransformerModel`` (``mod_encoder``) and, for perturbation models, of the official
     ``TransformerGenerator`` (``pert_encoder``, ``decoder.coeff_decoder`` /
     ``decoder.bias_decoder``), so ``state_dict()`` is an official state dict.
 
@@ -61,6 +63,8 @@ class SCGPTModule(BaseModuleClass):
             self.pert_encoder = PerturbationFlagEncoder(c.d_model, c.pert_pad_id)
         if c.use_batch_labels:
             self.batch_encoder = BatchLabelEncoder(c.n_batch, c.d_model)
+        if c.use_mod:
+            self.mod_encoder = BatchLabelEncoder(c.n_mod_tokens, c.d_model, c.mod_pad_id)
         if c.domain_spec_batchnorm:
             self.dsbn = DomainSpecificBatchNorm1d(c.d_model, c.n_batch, eps=6.1e-5)
         elif c.legacy_batchnorm:
@@ -75,7 +79,9 @@ class SCGPTModule(BaseModuleClass):
             norm_first=c.pre_norm,
             use_flash=c.use_flash,
         )
-        d_dec = 2 * c.d_model if c.use_batch_labels else c.d_model
+        d_dec = 2 * c.d_model if c.use_batch_labels or c.use_mod else c.d_model
+        # multi-omic GEPC: the gene side is widened too (official MultiOmicTransformerModel)
+        d_gene = d_dec if c.use_mod else c.d_model
         if c.uses_affine_decoder:
             self.decoder = AffineExprDecoder(
                 c.d_model, c.explicit_zero_prob, c.decoder_activation, c.decoder_adaptive_bias
@@ -86,7 +92,7 @@ class SCGPTModule(BaseModuleClass):
             self.cls_decoder = ClsDecoder(c.d_model, c.n_cls, n_layers=c.n_layers_cls)
         if c.do_mvc:
             self.mvc_decoder = MVCDecoder(
-                c.d_model, c.mvc_decoder_style, c.explicit_zero_prob, d_cell=d_dec
+                d_gene, c.mvc_decoder_style, c.explicit_zero_prob, d_cell=d_dec
             )
         if c.do_dab:
             self.grad_reverse_discriminator = AdversarialDiscriminator(
@@ -106,10 +112,12 @@ class SCGPTModule(BaseModuleClass):
         padding_mask: torch.Tensor | None = None,
         batch_index: torch.Tensor | None = None,
         pert_flags: torch.Tensor | None = None,
+        modality_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Input embeddings ``(B, L, d)`` and the LayerNorm-ed gene embeddings ``(B, L, d)``.
 
-        ``pert_flags`` (``(B, L)`` ids 0/1, perturbation models only) add the flag embedding.
+        ``pert_flags`` (``(B, L)`` ids 0/1, perturbation models only) add the flag embedding;
+        ``modality_ids`` add the modality embedding only with ``mod_in_input``.
         """
         gene_embs = self.encoder(gene_ids)
         if self.config.input_emb_style == "scaling":
@@ -120,6 +128,10 @@ class SCGPTModule(BaseModuleClass):
             if not hasattr(self, "pert_encoder"):
                 raise ValueError("Perturbation flags need a perturbation model (use_pert_flags).")
             total = total + self.pert_encoder(pert_flags.long())
+        if self.config.mod_in_input:
+            if modality_ids is None:
+                raise ValueError("mod_in_input needs the tokens' modality ids.")
+            total = total + self.mod_encoder(modality_ids.long())
         if hasattr(self, "dsbn"):
             token_mask = None if padding_mask is None else ~padding_mask
             total = self.dsbn(total, self._batch(batch_index, total), token_mask)
@@ -157,6 +169,8 @@ class SCGPTModule(BaseModuleClass):
             inputs.update(gen_gene_ids=tensors[TOKEN_KEYS.GEN_GENE_IDS])
         if TOKEN_KEYS.PERT_FLAGS in tensors:
             inputs.update(pert_flags=tensors[TOKEN_KEYS.PERT_FLAGS])
+        if TOKEN_KEYS.MODALITY_IDS in tensors:
+            inputs.update(modality_ids=tensors[TOKEN_KEYS.MODALITY_IDS])
         return inputs
 
     @auto_move_data
@@ -172,6 +186,7 @@ class SCGPTModule(BaseModuleClass):
         attention_layer: int | None = None,
         attention_kinds: tuple[str, ...] = ("raw",),
         pert_flags: torch.Tensor | None = None,
+        modality_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Encode token sequences.
 
@@ -188,15 +203,20 @@ class SCGPTModule(BaseModuleClass):
         ``"raw"`` q·kᵀ, ``"softmax"`` weights), zero at padding.
 
         ``pert_flags`` (``(B, L)``): per-token perturbation flags of perturbation models.
+        ``modality_ids`` (``(B, L)``): per-token modality ids of multi-omic models (they
+        reach the encoder only with ``mod_in_input``; the decoders get them from
+        :meth:`generative`).
         """
         total, gene_embs = self.embed_inputs(
-            gene_ids, values, padding_mask, batch_index, pert_flags
+            gene_ids, values, padding_mask, batch_index, pert_flags, modality_ids
         )
         if cell_prompt is not None:
             total = torch.cat([cell_prompt.unsqueeze(1).to(total.dtype), total[:, 1:]], dim=1)
         if gen_gene_ids is not None:
             if not hasattr(self, "flag_encoder"):
                 raise ValueError("Generative pretraining needs use_generative_flag=True.")
+            if self.config.use_mod:
+                raise ValueError("Generative pretraining of multi-omic models is not supported.")
             gen_gene_embs = self.encoder(gen_gene_ids)
             gen_total = gen_gene_embs + self.flag_encoder.weight[1]
             encoded, gen_encoded = self.transformer_encoder.generative_forward(
@@ -245,6 +265,7 @@ class SCGPTModule(BaseModuleClass):
             "gene_embs": inference_outputs["gene_embs"],
             "batch_index": tensors.get(TOKEN_KEYS.BATCH),
             "values": tensors.get(TOKEN_KEYS.VALUES),
+            "modality_ids": tensors.get(TOKEN_KEYS.MODALITY_IDS),
         }
 
     @auto_move_data
@@ -255,18 +276,20 @@ class SCGPTModule(BaseModuleClass):
         gene_embs: torch.Tensor,
         batch_index: torch.Tensor | None = None,
         values: torch.Tensor | None = None,
+        modality_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Apply the output heads (``values``: the input values, for the affine decoder).
+
+        Batch and modality embeddings condition the decoders as the official models do
+        (:func:`~scvi_scgpt.module._conditioning.decoder_inputs`).
 
         Returns ``expr`` (GEP) and, when built, ``expr_zero_probs``, ``mvc`` (GEPC),
         ``mvc_zero_probs``, ``cls_logits`` and ``dab_logits``.
         """
         out: dict[str, torch.Tensor] = {}
-        tokens, cell = encoded, cell_emb
-        if self.config.use_batch_labels:
-            batch_emb = self.batch_encoder(self._batch(batch_index, encoded))
-            tokens = torch.cat([encoded, batch_emb.unsqueeze(1).expand_as(encoded)], dim=2)
-            cell = torch.cat([cell_emb, batch_emb], dim=1)
+        tokens, cell, genes = decoder_inputs(
+            self, encoded, cell_emb, gene_embs, batch_index, modality_ids
+        )
         if self.config.uses_affine_decoder:
             if values is None:
                 raise ValueError("The AffineExprDecoder needs the input values.")
@@ -277,7 +300,7 @@ class SCGPTModule(BaseModuleClass):
         if "zero_probs" in expr:
             out["expr_zero_probs"] = expr["zero_probs"]
         if hasattr(self, "mvc_decoder"):
-            mvc = self.mvc_decoder(cell, gene_embs)
+            mvc = self.mvc_decoder(cell, genes)
             out["mvc"] = mvc["pred"]
             if "zero_probs" in mvc:
                 out["mvc_zero_probs"] = mvc["zero_probs"]

@@ -32,6 +32,7 @@ HEAD_PREFIXES = (
     "bn.",
     "flag_encoder.",
     "pert_encoder.",
+    "mod_encoder.",
     "mvc_decoder.",
     "decoder.",
 )
@@ -170,6 +171,7 @@ def infer_architecture(
     cfg["explicit_zero_prob"] = "decoder.zero_logit.0.weight" in state
     cfg["use_generative_flag"] = "flag_encoder.weight" in state
     cfg.update(perturbation_architecture(state, args))
+    cfg.update(modality_architecture(state, args))
     n_batch_seen = {}
     if (b := _shape(state, "batch_encoder.embedding.weight")) is not None:
         cfg["use_batch_labels"] = True
@@ -236,6 +238,29 @@ def perturbation_architecture(state: dict[str, torch.Tensor], args: dict) -> dic
     return cfg
 
 
+#: Key of the modality embedding of ``MultiOmicTransformerModel``.
+MOD_ENCODER_KEY = "mod_encoder.embedding.weight"
+
+
+def modality_architecture(state: dict[str, torch.Tensor], args: dict) -> dict:
+    """The multi-omic options of an official state dict (``mod_encoder`` present).
+
+    The modality vocabulary's size is the embedding's rows; its ``<pad>`` id comes from
+    ``args["mod_pad_id"]``, else the one all-zero row (the padding row is never trained),
+    else the official layout (sorted names, then ``<pad>``, ``<cls>``, ``<eoc>``: rows - 3).
+    """
+    if MOD_ENCODER_KEY not in state:
+        return {}
+    weight = state[MOD_ENCODER_KEY]
+    n_rows = int(weight.shape[0])
+    if "mod_pad_id" in args:
+        pad = int(args["mod_pad_id"])
+    else:
+        zero_rows = [i for i in range(n_rows) if not bool(weight[i].float().abs().sum())]
+        pad = zero_rows[0] if len(zero_rows) == 1 else n_rows - 3
+    return {"use_mod": True, "n_mod_tokens": n_rows, "mod_pad_id": pad}
+
+
 def official_args(config: ArchitectureConfig, **extra) -> dict:
     """An official-style ``args.json`` for an architecture."""
     args = {
@@ -261,6 +286,8 @@ def official_args(config: ArchitectureConfig, **extra) -> dict:
     }
     if config.use_pert_flags:
         args["pert_pad_id"] = config.pert_pad_id
+    if config.use_mod:
+        args.update(use_mod=True, ntokens_mod=config.n_mod_tokens, mod_pad_id=config.mod_pad_id)
     if config.uses_affine_decoder:
         args["decoder_activation"] = config.decoder_activation
         args["decoder_adaptive_bias"] = config.decoder_adaptive_bias
