@@ -250,3 +250,33 @@ def test_from_pretrained_adds_protein_rows(official_dir):
     torch.testing.assert_close(fresh.module.encoder.embedding.weight, weight)
     layer = "transformer_encoder.layers.0.self_attn.in_proj_weight"
     assert not torch.equal(fresh.module.state_dict()[layer], model.module.state_dict()[layer])
+
+
+def test_from_pretrained_official_multiomic_model(official_dir):
+    import anndata as ad
+    import mudata as md
+    import pandas as pd
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    obs = pd.DataFrame(
+        {"batch": pd.Categorical(["b0", "b1"] * 10)}, index=[f"c{i}" for i in range(20)]
+    )
+    rna = ad.AnnData(
+        sp.csr_matrix(rng.poisson(3, (20, 24)).astype(np.float32) + 1),
+        obs=obs.copy(),
+        var=pd.DataFrame(index=[f"GENE{i:02d}" for i in range(24)]),
+    )
+    prot = ad.AnnData(
+        sp.csr_matrix(rng.poisson(30, (20, 6)).astype(np.float32) + 1),
+        obs=obs.copy(),
+        var=pd.DataFrame(index=[f"CD{i}" for i in range(1, 7)]),
+    )
+    mdata = md.MuData({"rna": rna, "prot": prot})
+    mdata.obs["batch"] = obs["batch"]
+    SCGPT.setup_mudata(mdata, batch_key="batch", modalities=MODS)
+    model = SCGPT.from_pretrained(official_dir / "multiomic_model", mdata)
+    audit = model.checkpoint_audit_
+    assert not audit.initialised and not audit.mismatched and not audit.unexpected
+    assert len(model.vocab_) == 33 and model.architecture.use_mod
+    assert model.get_latent_representation(mdata).shape == (20, 32)

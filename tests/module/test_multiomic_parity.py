@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from scvi_scgpt._constants import TOKEN_KEYS
+from scvi_scgpt._exceptions import CheckpointError
 from scvi_scgpt.data import GeneVocab
 from scvi_scgpt.model import load_into_module, read_args, read_state_dict
-from scvi_scgpt.module import ArchitectureConfig, SCGPTModule, infer_architecture
+from scvi_scgpt.module import ArchitectureConfig, SCGPTModule, infer_architecture, official_args
 
 
 def _official(official_dir):
@@ -29,7 +30,7 @@ def test_official_multiomic_model_loads_strictly_and_matches(official_dir):
     module = SCGPTModule(config).eval()
     audit = load_into_module(module, state)  # strict: every key has its place
     assert not audit.unexpected and not audit.initialised and not audit.mismatched
-    assert set(module.state_dict()) == set(state)
+    assert list(module.state_dict()) == list(state)  # same names, same order
     ref = np.load(official_dir / "multiomic_forward.npz")
     tensors = {
         TOKEN_KEYS.GENE_IDS: torch.from_numpy(ref["gene_ids"]),
@@ -93,6 +94,7 @@ def test_mod_in_input_adds_the_modality_embedding():
         ({"n_mod_tokens": 0}, "modality vocabulary"),
         ({"mod_pad_id": 7}, "modality vocabulary"),
         ({"use_mod": False, "mod_in_input": True}, "mod_in_input"),
+        ({"cell_emb_style": "w-pool"}, "w-pool"),
     ],
 )
 def test_bad_multiomic_config_raises(options, match):
@@ -107,3 +109,51 @@ def test_missing_modality_ids_raise():
         out = module.inference(ids, values, padding)
         with pytest.raises(ValueError, match="modality ids"):
             module.generative(out["encoded"], out["cell_emb"], out["gene_embs"])
+
+
+def test_official_args_round_trip(official_dir):
+    vocab, state, args = _official(official_dir)
+    sizes = {"n_tokens": len(vocab), "pad_id": vocab.pad_id}
+    config = infer_architecture(state, args, **sizes)
+    exported = official_args(config)
+    assert exported["use_mod"] and exported["ntokens_mod"] == 5 and exported["mod_pad_id"] == 2
+    assert infer_architecture(state, exported, **sizes) == config
+    deviating = infer_architecture(state, args, mod_in_input=True, **sizes)
+    assert infer_architecture(state, official_args(deviating), **sizes).mod_in_input
+    # without args or a zero row, the official layout: <pad> after the sorted modality names
+    state = dict(state)
+    state["mod_encoder.embedding.weight"] = state["mod_encoder.embedding.weight"] + 1.0
+    assert infer_architecture(state, {"nheads": 4}, **sizes).mod_pad_id == 2
+    with pytest.raises(CheckpointError, match="ntokens_mod"):
+        infer_architecture(state, {**args, "ntokens_mod": 6}, **sizes)
+
+
+def test_multiomic_model_without_use_mod_is_refused(official_dir):
+    vocab, state, args = _official(official_dir)
+    state = {k: v for k, v in state.items() if not k.startswith("mod_encoder.")}
+    with pytest.raises(CheckpointError, match="use_mod=False"):
+        infer_architecture(state, args, n_tokens=len(vocab), pad_id=vocab.pad_id)
+
+
+def test_modality_only_conditioning_and_avg_pool():
+    """No batch labels: the decoders see the modality embedding alone (official branch)."""
+    module = _small(cell_emb_style="avg-pool", explicit_zero_prob=True)
+    assert module.decoder.fc[0].in_features == 32
+    assert module.mvc_decoder.gene2query.in_features == 32
+    assert module.mvc_decoder.W.out_features == 32
+    ids, values, padding, mods = _inputs(1)
+    with torch.no_grad():
+        inf = module.inference(ids, values, padding, modality_ids=mods)
+        gen = module.generative(
+            inf["encoded"], inf["cell_emb"], inf["gene_embs"], modality_ids=mods
+        )
+        mod_emb = module.mod_encoder(mods)
+        tokens = torch.cat([inf["encoded"], mod_emb], dim=2)
+        torch.testing.assert_close(gen["expr"], module.decoder(tokens)["pred"])
+        cell = torch.cat([inf["cell_emb"], mod_emb.mean(1)], dim=1)
+        genes = torch.cat([inf["gene_embs"], mod_emb], dim=2)
+        expected = module.mvc_decoder(cell, genes)
+        torch.testing.assert_close(gen["mvc"], expected["pred"])
+        torch.testing.assert_close(gen["mvc_zero_probs"], expected["zero_probs"])
+    assert gen["expr_zero_probs"].shape == ids.shape
+    assert torch.count_nonzero(module.mod_encoder.embedding.weight[2]) == 0  # <pad> row

@@ -37,8 +37,9 @@ class EmbeddingMixin:
         Parameters
         ----------
         adata
-            AnnData set up with :meth:`setup_anndata` (any genes; matched by name). ``None``
-            uses the model's AnnData.
+            AnnData set up with :meth:`setup_anndata` (any genes; matched by name), or a MuData
+            set up with :meth:`setup_mudata` for a multi-omic model (each cell from the
+            modalities it was measured in). ``None`` uses the model's data.
         indices
             Cells to embed (default: all).
         batch_size
@@ -63,7 +64,8 @@ class EmbeddingMixin:
 
         Returns
         -------
-        ``float32`` array of shape ``(n_cells, d_model)``.
+        ``float32`` array of shape ``(n_cells, d_model)``, rows in ``adata.obs_names`` order
+        (``mdata.obs_names`` for a MuData).
         """
         if return_dist:
             raise NotImplementedError("SCGPT embeddings are deterministic: no distribution.")
@@ -100,7 +102,8 @@ class EmbeddingMixin:
         Parameters
         ----------
         adata
-            AnnData set up with :meth:`setup_anndata` (default: the model's AnnData).
+            AnnData set up with :meth:`setup_anndata`, or MuData set up with
+            :meth:`setup_mudata` (default: the model's data).
         key_added
             ``adata.obsm`` key to write.
         batch_size
@@ -110,9 +113,11 @@ class EmbeddingMixin:
 
         Returns
         -------
-        Nothing; sets ``adata.obsm[key_added]``: ``float32`` array ``(n_obs, d_model)`` of
-        L2-normalised cell embeddings. Nothing else in ``adata`` is changed (beyond the
-        scvi-tools registration written by :meth:`setup_anndata`).
+        Nothing; sets ``adata.obsm[key_added]`` (``mdata.obsm[key_added]`` for a MuData, so
+        ``sc.pp.neighbors(mdata, use_rep=key_added)`` and scib-metrics work on it):
+        ``float32`` array ``(n_obs, d_model)`` of L2-normalised cell embeddings. Nothing else
+        in ``adata`` is changed (beyond the scvi-tools registration written by
+        :meth:`setup_anndata` / :meth:`setup_mudata`).
         """
         adata = self._validate_anndata(adata)
         adata.obsm[key_added] = self.get_latent_representation(

@@ -133,6 +133,14 @@ class IOMixin:
             )
         finally:
             BUILD_ON_META.reset(token)
+        mod_vocab = model_dir / "vocab_mod.json"
+        if mod_vocab.is_file() and model.modality_vocab_ is not None:
+            saved = GeneVocab.from_file(mod_vocab, add_specials=False).tokens
+            if saved != model.modality_vocab_:
+                raise CheckpointError(
+                    f"The checkpoint's modality vocabulary {saved} differs from this MuData's "
+                    f"{model.modality_vocab_}."
+                )
         grown = len(model.vocab_) - len(vocab)
         if grown > 0:  # a MuData's proteins and peaks: new rows, official uniform init
             state = dict(state)

@@ -68,7 +68,10 @@ class ArchitectureConfig:
         ``mod_encoder`` over a modality vocabulary of ``n_mod_tokens`` (official
         ``ntokens_mod``; ``mod_pad_id`` is its ``<pad>`` row). It is not added to the encoder
         input: it is concatenated (summed with the batch embedding when both exist) onto the
-        per-token transformer output for ``decoder`` and onto both sides of ``mvc_decoder``.
+        per-token transformer output for ``decoder`` and onto both sides of ``mvc_decoder``
+        (the cell side gets the modality embedding pooled like the cell embedding: the
+        ``<cls>`` row, or the mean with ``"avg-pool"``; ``"w-pool"`` is refused, as the
+        official model fails on it).
     mod_in_input
         Also add the modality embedding to the encoder input embeddings (a deviation from
         the official model, which keeps modality out of attention).
@@ -147,6 +150,10 @@ class ArchitectureConfig:
             )
         if self.mod_in_input and not self.use_mod:
             raise ValueError("mod_in_input needs use_mod=True.")
+        if self.use_mod and self.cell_emb_style == "w-pool":
+            # the official model pools the modality embeddings like the cell embedding, and
+            # its w-pool has no weights for them (it raises)
+            raise ValueError("use_mod does not support cell_emb_style='w-pool'.")
         if self.uses_affine_decoder and (self.use_batch_labels or self.use_mod):
             raise ValueError("The AffineExprDecoder does not take batch or modality labels.")
         needs_batches = self.do_dab or self.use_batch_labels or self.domain_spec_batchnorm

@@ -245,20 +245,45 @@ MOD_ENCODER_KEY = "mod_encoder.embedding.weight"
 def modality_architecture(state: dict[str, torch.Tensor], args: dict) -> dict:
     """The multi-omic options of an official state dict (``mod_encoder`` present).
 
-    The modality vocabulary's size is the embedding's rows; its ``<pad>`` id comes from
-    ``args["mod_pad_id"]``, else the one all-zero row (the padding row is never trained),
-    else the official layout (sorted names, then ``<pad>``, ``<cls>``, ``<eoc>``: rows - 3).
+    The modality vocabulary's size is the embedding's rows (checked against
+    ``args["ntokens_mod"]`` when given); its ``<pad>`` id comes from ``args["mod_pad_id"]``,
+    else the one all-zero row (the padding row is never trained), else the official layout
+    (sorted names, then ``<pad>``, ``<cls>``, ``<eoc>``: rows - 3). ``args["mod_in_input"]``
+    (our deviation, written by :func:`official_args`) is read back.
+
+    Raises
+    ------
+    CheckpointError
+        When ``args`` disagree with the embedding, or for a ``MultiOmicTransformerModel``
+        built with ``use_mod=False`` (its GEPC gene side is widened without a modality
+        embedding; not supported).
     """
     if MOD_ENCODER_KEY not in state:
+        query = _shape(state, "mvc_decoder.gene2query.weight")
+        emb = _shape(state, "encoder.embedding.weight")
+        if query is not None and emb is not None and query[-1] != emb[-1]:
+            raise CheckpointError(
+                f"mvc_decoder.gene2query takes {query[-1]} inputs, not d_model={emb[-1]}: a "
+                "MultiOmicTransformerModel built with use_mod=False, which is not supported."
+            )
         return {}
     weight = state[MOD_ENCODER_KEY]
     n_rows = int(weight.shape[0])
+    if "ntokens_mod" in args and int(args["ntokens_mod"]) != n_rows:
+        raise CheckpointError(
+            f"args.json says ntokens_mod={args['ntokens_mod']} but mod_encoder has {n_rows} rows."
+        )
     if "mod_pad_id" in args:
         pad = int(args["mod_pad_id"])
     else:
         zero_rows = [i for i in range(n_rows) if not bool(weight[i].float().abs().sum())]
         pad = zero_rows[0] if len(zero_rows) == 1 else n_rows - 3
-    return {"use_mod": True, "n_mod_tokens": n_rows, "mod_pad_id": pad}
+    return {
+        "use_mod": True,
+        "n_mod_tokens": n_rows,
+        "mod_pad_id": pad,
+        "mod_in_input": bool(args.get("mod_in_input", False)),
+    }
 
 
 def official_args(config: ArchitectureConfig, **extra) -> dict:
@@ -288,6 +313,8 @@ def official_args(config: ArchitectureConfig, **extra) -> dict:
         args["pert_pad_id"] = config.pert_pad_id
     if config.use_mod:
         args.update(use_mod=True, ntokens_mod=config.n_mod_tokens, mod_pad_id=config.mod_pad_id)
+        if config.mod_in_input:  # our deviation; official code ignores the key
+            args["mod_in_input"] = True
     if config.uses_affine_decoder:
         args["decoder_activation"] = config.decoder_activation
         args["decoder_adaptive_bias"] = config.decoder_adaptive_bias
