@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scvi import REGISTRY_KEYS
-from scvi.data import AnnDataManager
+from scvi.data import AnnDataManager, AnnDataManagerValidationCheck
 
 from scvi_scgpt.data import (
     GeneVocab,
@@ -113,7 +113,10 @@ class MultiOmicMixin:
         if known is not None and known.adata is not mdata:
             give_own_uuid(mdata)
         manager = AnnDataManager(
-            fields=mudata_fields(args, specs), setup_method_args=setup_method_args
+            fields=mudata_fields(args, specs),
+            setup_method_args=setup_method_args,
+            # mosaic data: a modality may lack cells (scvi-tools asks for full pairing)
+            validation_checks=AnnDataManagerValidationCheck(check_fully_paired_mudata=False),
         )
         manager.register_fields(mdata, **kwargs)
         cls.register_manager(manager)

@@ -21,6 +21,7 @@ from scvi_scgpt.tl._grn_baselines import (
     random_network,
 )
 from scvi_scgpt.tl._label_transfer import knn_accuracy, knn_label_transfer
+from scvi_scgpt.tl._modalities import measured_modalities
 from scvi_scgpt.tl._networks import (
     cosine_similarity,
     gene_similarity_network,
@@ -51,6 +52,7 @@ __all__ = [
     "genie3_network",
     "knn_accuracy",
     "knn_label_transfer",
+    "measured_modalities",
     "network_edges",
     "network_to_networkx",
     "normalize_attention",
