@@ -19,4 +19,6 @@ def test_tutorial_code_runs(path, tmp_path, monkeypatch):
     code = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     namespace: dict = {}
     exec(compile(code, str(path), "exec"), namespace)  # noqa: S102 - our own notebook
-    assert "X_scGPT" in namespace["adata"].obsm
+    # an AnnData tutorial names its data `adata`, a MuData one `mdata`
+    embedded = [k for k in ("adata", "mdata") if k in namespace and "X_scGPT" in namespace[k].obsm]
+    assert embedded, "the tutorial writes no X_scGPT embedding into adata or mdata"
