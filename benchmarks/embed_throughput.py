@@ -154,11 +154,12 @@ def run_worker(
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     out_json = run_dir / f"{pipeline}.json"
-    side = "ours" if pipeline == "ours" else "official"
+    # "ours-bf16" (bf16_inference.py): our pipeline with precision="bf16"
+    side = "ours" if pipeline.startswith("ours") else "official"
     python = args.ours_python if side == "ours" else args.official_python
     extra = [*(extra or []), "--pipeline", side, "--device", args.device]
     if side == "ours":
-        extra += ["--precision", args.precision]
+        extra += ["--precision", "bf16" if pipeline == "ours-bf16" else args.precision]
     if pipeline == "official-no-fastpath":
         extra.append("--no-fastpath")
     if args.threads:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from scvi_scgpt.data import GeneMatch, GeneVocab, ModalityLayout, TokenizerConfig, match_genes
 from scvi_scgpt.dataloaders import iter_token_batches
+from scvi_scgpt.model._precision import inference_precision
 from scvi_scgpt.model._scvi_compat import anndata_uuid, give_own_uuid
 
 logger = logging.getLogger(__name__)
@@ -284,13 +285,6 @@ class BaseMixin:
             out[positions] = values.float().cpu().numpy()
         return out
 
-    @staticmethod
-    def _autocast(precision: str, device: torch.device):
-        if precision == "32":
-            return torch.autocast(device.type, enabled=False)
-        dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision)
-        if dtype is None:
-            raise ValueError(f"precision must be '32', 'bf16' or '16', got {precision!r}.")
-        if device.type == "cpu" and dtype is torch.float16:
-            raise ValueError("float16 autocast needs a GPU; use precision='bf16' on CPU.")
-        return torch.autocast(device.type, dtype=dtype)
+    def _autocast(self, precision: str, device: torch.device):
+        """Context for one batch's forward pass in ``precision`` (see ``model/_precision``)."""
+        return inference_precision(self.module, precision, device)

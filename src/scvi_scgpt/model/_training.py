@@ -78,6 +78,7 @@ class TrainingMixin:
         checkpoint_every_n_steps: int | None = 1000,
         datasplitter_kwargs: dict | None = None,
         plan_kwargs: dict | None = None,
+        compile: bool = False,
         **trainer_kwargs,
     ):
         """Fine-tune (or train from scratch) with the scGPT objectives.
@@ -159,6 +160,9 @@ class TrainingMixin:
         datasplitter_kwargs, plan_kwargs
             Extra arguments of :class:`~scvi.dataloaders.DataSplitter` and
             :class:`~scvi_scgpt.train.SCGPTTrainingPlan`.
+        compile
+            ``torch.compile`` the layers' residual / LayerNorm / feed-forward blocks for the
+            run (opt-in; see ``docs/performance.md``).
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` / Lightning (``precision="bf16-mixed"``,
             ``strategy``, ``num_nodes``, ``callbacks``, ...).
@@ -259,6 +263,7 @@ class TrainingMixin:
             lr_gamma=values["lr_gamma"],
             warmup_steps=values["warmup_steps"],
             objectives=objectives,
+            compile=compile,
             **(plan_kwargs or {}),
         )
         indexing = splitter_kwargs.get("external_indexing")

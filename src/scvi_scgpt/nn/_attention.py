@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scvi_scgpt.nn._kernels import attend
+
 _FLASH_AVAILABLE = importlib.util.find_spec("flash_attn") is not None
 
 
@@ -258,7 +260,7 @@ class SelfAttention(nn.Module):
 
     def project_qkv(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, L, d)`` -> ``(B, L, 3, H, Dh)`` fused projections."""
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = F.linear(x.to(self.in_proj_weight.dtype), self.in_proj_weight, self.in_proj_bias)
         return qkv.unflatten(-1, (3, self.n_heads, self.head_dim))
 
     def forward(
@@ -306,7 +308,7 @@ class SelfAttention(nn.Module):
             q = q[:, :, query_index : query_index + 1]
         if attn_mask is None and key_padding_mask is not None:
             attn_mask = keys_attention_mask(key_padding_mask)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+        out = attend(q, k, v, attn_mask, dropout)
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
     def _flash_applies(self, qkv: torch.Tensor) -> bool:
@@ -329,7 +331,7 @@ class SelfAttention(nn.Module):
         returned as ``{kind: (B, H, L, L)}`` in the padded layout (as :meth:`forward`).
         """
         dropout = self.dropout if self.training else 0.0
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = F.linear(x.to(self.in_proj_weight.dtype), self.in_proj_weight, self.in_proj_bias)
         if return_attention is not None:
             kinds = _check_kinds(return_attention)
             outputs, parts = [], {kind: [] for kind in kinds}
@@ -350,7 +352,7 @@ class SelfAttention(nn.Module):
         outputs = []
         for part, (_, _, mask) in zip(tokens.bucketed(qkv), tokens.buckets):
             q, k, v = part.unflatten(-1, (3, self.n_heads, self.head_dim)).permute(2, 0, 3, 1, 4)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            out = attend(q, k, v, mask, dropout)
             outputs.append(out.transpose(1, 2).flatten(2))
         return self.out_proj(tokens.unbucket(outputs))
 
@@ -392,9 +394,7 @@ class SelfAttention(nn.Module):
         q_k, k_k, v_k = qkv_k.unbind(0)
         q_g, k_g, v_g = qkv_g.unbind(0)
         known_mask = keys_attention_mask(known_padding_mask)
-        out_k = F.scaled_dot_product_attention(
-            q_k, k_k, v_k, attn_mask=known_mask, dropout_p=dropout
-        )
+        out_k = attend(q_k, k_k, v_k, known_mask, dropout)
         n_gen = generated.shape[1]
         batch, n_known = known.shape[:2]
         allowed_known = (
@@ -410,13 +410,7 @@ class SelfAttention(nn.Module):
             ],
             dim=2,
         )[:, None]  # (B, 1, Lg, Lk + Lg)
-        out_g = F.scaled_dot_product_attention(
-            q_g,
-            torch.cat([k_k, k_g], 2),
-            torch.cat([v_k, v_g], 2),
-            attn_mask=gen_mask,
-            dropout_p=dropout,
-        )
+        out_g = attend(q_g, torch.cat([k_k, k_g], 2), torch.cat([v_k, v_g], 2), gen_mask, dropout)
         out_k = self.out_proj(out_k.transpose(1, 2).flatten(2))
         out_g = out_g.transpose(1, 2).flatten(2)
         if project_generated:

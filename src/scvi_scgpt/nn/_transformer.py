@@ -54,7 +54,9 @@ class TransformerEncoderLayer(nn.Module):
         self.norm_first = norm_first
 
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+        # inputs follow the weights' dtype (bfloat16 under LowPrecisionWeights, else a no-op)
+        h = self.activation(self.linear1(x.to(self.linear1.weight.dtype)))
+        return self.dropout2(self.linear2(self.dropout(h)))
 
     def forward(
         self,

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Literal
 
 import torch
 from scvi.train import TrainingPlan
+
+from scvi_scgpt.nn._compile import CompiledLayers
+
+logger = logging.getLogger(__name__)
+#: Measured step-time ratio of 0.2 attention dropout on a CPU (``benchmarks/RESULTS.md``).
+ATTENTION_DROPOUT_COST = "1.5-2.5x"
 
 
 def make_optimizer(
@@ -70,6 +77,10 @@ class SCGPTTrainingPlan(TrainingPlan):
         Use PyTorch's fused Adam kernel (see :func:`make_optimizer`); ``None`` chooses it
         where it applies, except with float16 mixed precision, whose gradient scaler cannot
         be combined with gradient clipping in Lightning.
+    compile
+        ``torch.compile`` each transformer layer's residual / LayerNorm / feed-forward block
+        for the run (:class:`~scvi_scgpt.nn._compile.CompiledLayers`; opt-in, compiled on
+        the first step).
     **loss_kwargs
         Passed to ``module.loss`` (e.g. ``objectives=``).
     """
@@ -86,6 +97,7 @@ class SCGPTTrainingPlan(TrainingPlan):
         lr_gamma: float = 0.9,
         warmup_steps: int = 0,
         fused_optimizer: bool | None = None,
+        compile: bool = False,
         **loss_kwargs,
     ) -> None:
         if optimizer not in ("Adam", "AdamW"):
@@ -99,6 +111,40 @@ class SCGPTTrainingPlan(TrainingPlan):
         self.lr_gamma = lr_gamma
         self.warmup_steps = warmup_steps
         self.fused_optimizer = fused_optimizer
+        self.compile = compile
+        self._compiled: CompiledLayers | None = None
+
+    def on_fit_start(self) -> None:
+        """Install the opt-in compiled layers; note the cost of attention dropout on a CPU."""
+        super().on_fit_start()
+        if self.compile and self._compiled is None:
+            self._compiled = CompiledLayers(self.module.transformer_encoder).__enter__()
+        config = getattr(self.module, "config", None)
+        if config is not None and self.device.type == "cpu":
+            p = config.dropout if config.attention_dropout is None else config.attention_dropout
+            if p > 0:
+                logger.info(
+                    "Attention dropout %.2g on a CPU: attention runs in the chunked kernel, "
+                    "about %s the step time without attention dropout (docs/performance.md); "
+                    "attention_dropout=0.0 keeps PyTorch's fused kernel.",
+                    p,
+                    ATTENTION_DROPOUT_COST,
+                )
+
+    def on_fit_end(self) -> None:
+        """Remove the compiled layers (the module is eager again after training)."""
+        self._uncompile()
+        super().on_fit_end()
+
+    def teardown(self, stage: str) -> None:
+        """Remove the compiled layers also when training stopped on an error."""
+        self._uncompile()
+        super().teardown(stage)
+
+    def _uncompile(self) -> None:
+        if self._compiled is not None:
+            self._compiled.__exit__(None, None, None)
+            self._compiled = None
 
     def compute_and_log_metrics(self, loss_output, metrics, mode: str) -> None:
         """Log the scvi-tools metrics, then each loss term as ``<term>_<mode>``.
