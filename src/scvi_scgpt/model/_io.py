@@ -24,7 +24,7 @@ from scvi_scgpt.model._checkpoint import (
     read_args,
     read_state_dict,
 )
-from scvi_scgpt.model._multiomic import KEEP_VOCAB
+from scvi_scgpt.model._multiomic import KEEP_VOCAB, is_mudata
 from scvi_scgpt.model._scvi_compat import pick_device
 from scvi_scgpt.model._serialization import from_jsonable, to_jsonable
 from scvi_scgpt.module import infer_architecture, official_args, to_torch_layout
@@ -268,7 +268,7 @@ class IOMixin:
         )
         self.vocab_.save(dir_path / (prefix + _VOCAB_FILE))
         torch.save(self.module.state_dict(), dir_path / (prefix + _MODEL_FILE))
-        if save_anndata and type(self.adata).__name__ == "MuData":
+        if save_anndata and is_mudata(self.adata):
             self.adata.write_h5mu(dir_path / (prefix + "adata.h5mu"), **anndata_write_kwargs)
         elif save_anndata:
             self.adata.write_h5ad(dir_path / (prefix + "adata.h5ad"), **anndata_write_kwargs)

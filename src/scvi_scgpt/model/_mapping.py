@@ -11,7 +11,7 @@ from scvi import REGISTRY_KEYS
 
 from scvi_scgpt._constants import TOKEN_KEYS
 from scvi_scgpt.model._checkpoint import load_into_module
-from scvi_scgpt.model._multiomic import KEEP_VOCAB
+from scvi_scgpt.model._multiomic import KEEP_VOCAB, is_mudata
 from scvi_scgpt.module import PER_BATCH_ROWS
 from scvi_scgpt.tl import knn_label_transfer
 
@@ -64,7 +64,7 @@ class ReferenceMappingMixin:
         """
         ref = reference_model
         registry = ref.adata_manager.registry
-        if type(adata).__name__ == "MuData":
+        if is_mudata(adata):
             ref._check_query_modalities(adata)
         cls._setup_from_registry(adata, registry, extend_categories=True)
         init = ref.init_params_

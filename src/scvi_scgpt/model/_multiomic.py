@@ -6,7 +6,6 @@ import contextvars
 import logging
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager, AnnDataManagerValidationCheck
@@ -27,6 +26,7 @@ from scvi_scgpt.model._multiomic_setup import (
     mudata_fields,
 )
 from scvi_scgpt.model._scvi_compat import anndata_uuid, give_own_uuid
+from scvi_scgpt.model._training import highly_variable_columns
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +255,9 @@ class MultiOmicMixin:
         """Per-cell codes of a registered obs field, in ``mdata.obs_names`` order."""
         manager = self.get_anndata_manager(mdata, required=True)
         codes = np.asarray(manager.get_from_registry(registry_key)).ravel()
-        arg = {"batch": "batch_key", "labels": "labels_key"}[registry_key]
+        arg = {REGISTRY_KEYS.BATCH_KEY: "batch_key", REGISTRY_KEYS.LABELS_KEY: "labels_key"}[
+            registry_key
+        ]
         mod_key = (manager.registry["setup_args"].get("modalities") or {}).get(arg)
         if mod_key is None:
             return codes
@@ -266,8 +268,6 @@ class MultiOmicMixin:
         """Features to train on: RNA HVGs, all proteins, highly variable peaks."""
         if not is_mudata(self.adata):
             return super()._select_hvgs(n_top_genes)
-        import scanpy as sc
-
         counts = n_top_genes if isinstance(n_top_genes, dict) else {"RNA": n_top_genes}
         unknown = sorted(set(counts) - {"RNA", "Protein", "ATAC"})
         if unknown:
@@ -292,25 +292,17 @@ class MultiOmicMixin:
                 frac = np.asarray((sub > 0).mean(0)).ravel()
                 chosen = np.argsort(-(frac * (1 - frac)), kind="stable")[:n_top]
             else:
-                data = sub.data
-                if not np.all(np.equal(np.mod(data, 1), 0)):
-                    raise ValueError(
+                batches = source.batch_codes[cells]
+                chosen = highly_variable_columns(
+                    sub,
+                    n_top,
+                    batches if len(np.unique(batches)) > 1 else None,
+                    counts_error=(
                         f"Selecting highly variable {spec.name} features (seurat_v3) needs "
                         "raw counts; register the counts layer or pass n_top_genes=None."
-                    )
-                from anndata import AnnData
-
-                view = AnnData(sub)
-                view.obs["hvg_batch"] = pd.Categorical(source.batch_codes[cells])
-                many = view.obs["hvg_batch"].nunique() > 1
-                hvg = sc.pp.highly_variable_genes(
-                    view,
-                    flavor="seurat_v3",
-                    n_top_genes=n_top,
-                    batch_key="hvg_batch" if many else None,
-                    inplace=False,
+                    ),
                 )
-                chosen = np.flatnonzero(np.asarray(hvg["highly_variable"], dtype=bool))
+                chosen = np.flatnonzero(chosen)
             keep += list(tokens[usable[np.sort(chosen)]])
         return keep
 

@@ -32,6 +32,40 @@ from scvi_scgpt.train import PRESETS, AtomicCheckpoint, BestEpoch, SCGPTTraining
 logger = logging.getLogger(__name__)
 
 
+def highly_variable_columns(
+    matrix, n_top: int, batches: np.ndarray | None, *, counts_error: str
+) -> np.ndarray:
+    """Boolean mask of the ``n_top`` highly variable columns (scanpy ``seurat_v3``).
+
+    Parameters
+    ----------
+    matrix
+        ``(n_cells, n_columns)`` raw counts (sparse or dense).
+    n_top
+        Columns to keep.
+    batches
+        Per-cell batch labels (HVGs per batch, as seurat_v3 does), or ``None``.
+    counts_error
+        Message of the ``ValueError`` raised when ``matrix`` is not integer counts.
+    """
+    import scanpy as sc
+
+    data = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
+    if not np.all(np.equal(np.mod(data, 1), 0)):
+        raise ValueError(counts_error)
+    view = AnnData(matrix)
+    if batches is not None:
+        view.obs["hvg_batch"] = np.asarray(batches)
+    hvg = sc.pp.highly_variable_genes(
+        view,
+        flavor="seurat_v3",
+        n_top_genes=n_top,
+        batch_key=None if batches is None else "hvg_batch",
+        inplace=False,
+    )
+    return np.asarray(hvg["highly_variable"], dtype=bool)
+
+
 class TrainingMixin:
     """``train``: every task is a preset (objectives, hyper-parameters, collator)."""
 
@@ -412,34 +446,23 @@ class TrainingMixin:
 
     def _select_hvgs(self, n_top_genes: int) -> list[str]:
         """Highly variable vocabulary genes (seurat_v3 on counts, per batch)."""
-        import scanpy as sc
-
         names, _ = self._gene_names(self.adata)
         matched = np.flatnonzero(self.gene_coverage(self.adata).vocab_ids >= 0)
         if len(matched) <= n_top_genes:
             return list(names[matched])
         manager = self.adata_manager
-        matrix = manager.get_from_registry(REGISTRY_KEYS.X_KEY)[:, matched]
-        data = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
-        if not np.all(np.equal(np.mod(data, 1), 0)):
-            raise ValueError(
+        batch_key = manager.registry["setup_args"].get("batch_key")
+        chosen = highly_variable_columns(
+            manager.get_from_registry(REGISTRY_KEYS.X_KEY)[:, matched],
+            n_top_genes,
+            None if batch_key is None else self.adata.obs[batch_key].to_numpy(),
+            counts_error=(
                 "Selecting highly variable genes (seurat_v3) needs raw counts, but the "
                 "registered expression is not integer. Register the counts layer "
                 "(setup_anndata(layer='counts')) or pass n_top_genes=None."
-            )
-        view = AnnData(matrix, obs=self.adata.obs[[]].copy())
-        batch_key = manager.registry["setup_args"].get("batch_key")
-        if batch_key is not None:
-            view.obs["hvg_batch"] = self.adata.obs[batch_key].to_numpy()
-        hvg = sc.pp.highly_variable_genes(
-            view,
-            flavor="seurat_v3",
-            n_top_genes=n_top_genes,
-            batch_key="hvg_batch" if batch_key else None,
-            inplace=False,
+            ),
         )
-        keep = matched[np.asarray(hvg["highly_variable"], dtype=bool)]
-        return list(names[np.sort(keep)])
+        return list(names[np.sort(matched[chosen])])
 
     def _freeze(self, freeze: str | Sequence[str]) -> None:
         prefixes = FREEZE_GROUPS.get(freeze) if isinstance(freeze, str) else tuple(freeze)
