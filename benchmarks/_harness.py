@@ -314,6 +314,27 @@ def write_section(name: str, body: str, path: str | Path = RESULTS_MD) -> Path:
     return path
 
 
+def report(
+    args: argparse.Namespace, res: dict, render: Callable[[dict], str], section: str
+) -> str:
+    """Write ``results.json``, render ``res`` as markdown, print it and, on full runs, put it
+    in the ``section`` of ``RESULTS.md``; returns the text."""
+    write_results(args, res)
+    text = render(res)
+    print(text)
+    if args.results_md:
+        write_section(section, text, args.results_md)
+    return text
+
+
+def machine_line(res: dict) -> str:
+    """``Machine: <cpu>, <n> cores, torch <version>`` of a results payload."""
+    m = res["machine"]
+    return f"Machine: {m['cpu_model']}, {m['usable_cores']} cores, torch " + m["versions"].get(
+        "torch", "?"
+    )
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     """A GitHub markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]

@@ -14,11 +14,18 @@ tokens). Each configuration runs in its own subprocess: peak RSS is its ``ru_max
 Configurations:
 
 - ``before``: attention dropout 0.1 (``ArchitectureConfig``'s default, ``attention_dropout``
-  = ``dropout``) through ``scaled_dot_product_attention``, which on a CPU falls back to its
-  math kernel with dropout (the library before issue #13);
-- ``after``: the same model through the chunked attention with recompute that the library
-  now uses for attention dropout on a CPU (``nn/_chunked_attention.py``);
-- ``no attention dropout``: ``attention_dropout=0`` (SDPA's fused flash kernel).
+  = ``dropout``) through ``scaled_dot_product_attention`` (``CPU_DROPOUT_KERNEL = "sdpa"``),
+  which on a CPU falls back to its math kernel with dropout, and attends the generated
+  tokens over ``[known, generated]`` keys with an ``(Lg, Lk + Lg)`` mask (the library before
+  issue #13);
+- ``after``: the same model as the library runs it now on a CPU: the known tokens through
+  the chunked attention with recompute (``nn/_chunked_attention.chunked_attention``), the
+  generated tokens through the own-key kernel (``generated_attention``: known keys plus
+  each token's own key, no ``(Lg, Lg)`` block);
+- ``no attention dropout (before)``: ``attention_dropout=0`` through SDPA (fused flash
+  kernel for the known tokens, the masked ``[known, generated]`` attention for the rest);
+- ``no attention dropout (after)``: ``attention_dropout=0`` as the library runs it now (SDPA
+  flash for the known tokens, the own-key kernel for the generated ones).
 
 Writes ``benchmarks/output/pretrain_memory/results.json`` and (full runs) the marked
 "Pretraining memory" section of ``benchmarks/RESULTS.md``.
@@ -41,7 +48,8 @@ SECTION = "pretrain_memory"
 CONFIGS = {
     "before": {"attention_dropout": 0.1, "kernel": "sdpa"},
     "after": {"attention_dropout": 0.1, "kernel": "chunked"},
-    "no attention dropout": {"attention_dropout": 0.0, "kernel": "chunked"},
+    "no attention dropout (before)": {"attention_dropout": 0.0, "kernel": "sdpa"},
+    "no attention dropout (after)": {"attention_dropout": 0.0, "kernel": "chunked"},
 }
 QUICK = {"seq_lens": "128,256", "batch_size": 8, "steps": 1}
 log = h.setup_logging("pretrain_memory", quiet=False)
@@ -102,7 +110,7 @@ def worker(args) -> dict:
         "added_rss_mib": peak - baseline,
         "step_s": statistics.median(times),
         "all_step_s": times,
-        "loss": float(out.loss),
+        "loss": float(out.loss.detach()),
     }
 
 
@@ -184,13 +192,7 @@ def main() -> None:
                 f"(+{row['added_rss_mib']:,.0f}), {row['step_s']:.2f} s/step"
             )
             rows.append(row)
-    res = {"rows": rows}
-    h.write_results(args, res)
-    res["command"], res["args"] = args.command, vars(args)
-    text = render(res)
-    print(text)
-    if args.results_md:
-        h.write_section(SECTION, text, args.results_md)
+    h.report(args, {"rows": rows}, render, SECTION)
 
 
 if __name__ == "__main__":

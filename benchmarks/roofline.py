@@ -46,7 +46,13 @@ SECTION = "roofline"
 QUICK = {"n_cells": 64, "rounds": 1, "steps": 2}
 log = h.setup_logging("roofline", quiet=False)
 GROUPS = {
-    "matmul (linear layers)": ("aten::addmm", "aten::mm", "aten::linear", "aten::addmv"),
+    "matmul (linear layers)": (
+        "aten::addmm",
+        "aten::mm",
+        "aten::linear",
+        "aten::addmv",
+        "mkldnn::_linear_pointwise",
+    ),
     "attention": (
         "aten::_scaled_dot_product_flash_attention_for_cpu",
         "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
@@ -319,13 +325,11 @@ def profile_table(named: dict) -> str:
 
 def render(res: dict) -> str:
     e, t = res["embedding"], res["training"]
-    m = res["machine"]
     lines = [
         "## Roofline (issue #13)",
         "",
         f"Command: `{res['command']}`  ",
-        f"Machine: {m.get('cpu_model', '?')}, {m.get('usable_cores', '?')} cores, torch "
-        f"{m['versions'].get('torch', '?')} ({e['threads']} threads). Matmul FLOPs only (2 per "
+        f"{h.machine_line(res)} ({e['threads']} threads). Matmul FLOPs only (2 per "
         "multiply-add); the formulas are in the script's docstring.",
         "",
         "Measured matmul peak (best of the shapes listed, same process, just before the runs):",
@@ -338,7 +342,11 @@ def render(res: dict) -> str:
                 f"{'x'.join(map(str, r['shape']))}: {r['gflops']:.0f}" for r in peak[dt]["shapes"]
             )
             rows.append([label, dt, f"{peak[dt]['best_gflops']:.0f}", shapes])
-    lines += [h.markdown_table(["before", "dtype", "peak GFLOP/s", "per shape (m x k x n)"], rows)]
+    lines += [
+        h.markdown_table(
+            ["measured before", "dtype", "peak GFLOP/s", "per shape (m x k x n)"], rows
+        )
+    ]
     fc = e["formula_vs_counter_16_cells"]
     lines += [
         "",
@@ -440,13 +448,7 @@ def main(argv=None) -> None:
     log("embedding done")
     res["training"] = training_part(args)
     log("training done")
-    h.write_results(args, res)
-    res.setdefault("command", args.command)
-    res.setdefault("machine", h.machine_info())
-    text = render(res)
-    print(text)
-    if args.results_md:
-        h.write_section(SECTION, text, args.results_md)
+    h.report(args, res, render, SECTION)
 
 
 if __name__ == "__main__":

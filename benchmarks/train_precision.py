@@ -251,13 +251,11 @@ def loss_part(args) -> dict:
 
 # ----------------------------------------------------------------------------- report
 def render(res: dict) -> str:
-    m = res["machine"]
     lines = [
         "## Training precision and attention dropout (issue #13)",
         "",
-        f"Command: `{res['command']}`  ",
-        f"Machine: {m['cpu_model']}, {m['usable_cores']} cores, torch "
-        f"{m['versions'].get('torch', '?')}.",
+        f"Command: `{res['command']}`{res.get('command_note', '')}  ",
+        h.machine_line(res) + ".",
         "",
     ]
     if "steps" in res:
@@ -346,19 +344,22 @@ def main(argv=None) -> None:
     warnings.filterwarnings("ignore")
     h.set_threads(args.threads)
     parts = args.parts.split(",")
-    res = {}
+    previous = args.out / "results.json"
+    # parts not run this time keep their figures from the previous run (a rerun of one part)
+    old = h.read_json(previous) if previous.exists() and not args.quick else {}
+    res = {k: old[k] for k in ("steps", "dropout", "loss") if k in old and k not in parts}
     if "steps" in parts:
         res["steps"] = steps_part(args)
     if "dropout" in parts:
         res["dropout"] = dropout_part(args)
     if "loss" in parts:
         res["loss"] = loss_part(args)
-    h.write_results(args, res)
-    res["command"], res["machine"] = args.command, h.machine_info()
-    text = render(res)
-    print(text)
-    if args.results_md:
-        h.write_section(SECTION, text, args.results_md)
+    kept = [k for k in ("steps", "dropout", "loss") if k not in parts and k in res]
+    if kept:
+        origin = old.get("command_of_kept") or old["command"]
+        res["command_of_kept"] = origin
+        res["command_note"] = f" (parts {', '.join(kept)} from `{origin}`)"
+    h.report(args, res, render, SECTION)
 
 
 if __name__ == "__main__":

@@ -54,5 +54,9 @@ def test_compiled_embedding_matches_eager(official_dir, official_cells):
     eager = model.get_latent_representation(batch_size=16)
     compiled = model.get_latent_representation(batch_size=16, compile=True)
     np.testing.assert_allclose(compiled, eager, atol=1e-4)
+    # bf16: the compiled blocks trace F.linear (the pre-packed kernel is eager-only)
+    low = model.get_latent_representation(batch_size=16, precision="bf16")
+    low_compiled = model.get_latent_representation(batch_size=16, precision="bf16", compile=True)
+    assert float(np.min(np.sum(low * low_compiled, axis=1))) > 0.999
     layers = model.module.transformer_encoder.layers
     assert all("_finish" not in layer.__dict__ for layer in layers)

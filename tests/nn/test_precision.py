@@ -160,3 +160,83 @@ def test_compiled_layers_install_and_remove_without_compiling():
     import pickle
 
     pickle.dumps(enc)  # nothing compiled stays attached
+
+
+def test_packed_weights_match_plain_bf16_and_leave_nothing_behind():
+    from scvi_scgpt.nn._precision import PACKED_ATTR, linear
+
+    enc = _encoder()
+    x = torch.randn(3, 10, 16)
+    with torch.no_grad():
+        packed = LowPrecisionWeights(enc)
+        plain = LowPrecisionWeights(enc, pack=False)
+        with plain:
+            want = enc(x)
+            layer = enc.layers[0]
+            ref = linear(x, layer.linear1.weight, layer.linear1.bias, layer.activation)
+        with packed:
+            got = enc(x)
+            out = linear(x, layer.linear1.weight, layer.linear1.bias, layer.activation)
+            assert out.shape == (3, 10, 24) and out.dtype == torch.bfloat16
+            assert bool((out >= 0).all())  # the fused ReLU
+    if packed.n_packed:  # oneDNN available: every weight matrix of the encoder is packed
+        assert packed.n_packed == 2 * 4
+    torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
+    assert not any(hasattr(p, PACKED_ATTR) for p in enc.parameters())
+    # with gradients the packed kernel is never used (it has no backward)
+    with packed:
+        y = linear(x.requires_grad_(), layer.linear1.weight, layer.linear1.bias)
+    assert y.grad_fn is not None
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_generated_attention_matches_the_generative_mask(padded, monkeypatch):
+    """Own-key attention equals SDPA over [known, generated] keys with the eye block."""
+    from scvi_scgpt.nn._kernels import attend_generated
+
+    q, k_self, v_self = _qkv(shape=(3, 2, 5, 4), grad=True, seed=1)
+    k, v, _ = _qkv(shape=(3, 2, 7, 4), grad=True, seed=2)
+    mask = None
+    if padded:
+        mask = torch.ones(3, 1, 1, 7, dtype=torch.bool)
+        mask[1, ..., 4:] = False
+    monkeypatch.setattr(chunked, "SCORES_PER_CHUNK", 5 * 7)  # one head per chunk
+    out = chunked.generated_attention(q, k, v, k_self, v_self, mask)
+    known = torch.ones(3, 1, 5, 7, dtype=torch.bool) if mask is None else mask.expand(3, 1, 5, 7)
+    eye = torch.eye(5, dtype=torch.bool).expand(3, 1, 5, 5)
+    ref = F.scaled_dot_product_attention(
+        q, torch.cat([k, k_self], 2), torch.cat([v, v_self], 2), torch.cat([known, eye], 3)
+    )
+    monkeypatch.setattr("scvi_scgpt.nn._kernels.CPU_DROPOUT_KERNEL", "sdpa")
+    torch.testing.assert_close(attend_generated(q, k, v, k_self, v_self, mask), ref)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    inputs = (q, k, v, k_self, v_self)
+    for a, b in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g)):
+        torch.testing.assert_close(a, b)
+
+    def fn(*t):
+        return chunked._GeneratedAttention.apply(*t, mask, 0.3, 99)
+
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+def test_generative_forward_takes_the_own_key_kernel_in_cpu_training(monkeypatch):
+    import scvi_scgpt.nn._kernels as kernels
+
+    calls = []
+    real = kernels.generated_attention
+    monkeypatch.setattr(kernels, "generated_attention", lambda *a: calls.append(a[-1]) or real(*a))
+    torch.manual_seed(0)
+    enc = TransformerEncoder(1, d_model=8, n_heads=2, d_hid=8, dropout=0.2).train()
+    known, gen = torch.randn(2, 6, 8), torch.randn(2, 4, 8)
+    a, b = enc.generative_forward(known, gen)
+    (a.sum() + b.sum()).backward()
+    assert calls == [0.2]
+    with torch.no_grad():
+        enc.generative_forward(known, gen)
+    assert calls == [0.2]  # no gradients: the SDPA path
+    enc.eval()  # no dropout, still under autograd: the own-key kernel
+    enc.generative_forward(known, gen)[1].sum().backward()
+    assert calls == [0.2, 0.0]

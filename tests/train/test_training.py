@@ -238,3 +238,38 @@ def test_fused_optimizer_matches_default(name):
     assert make_optimizer([torch.nn.Parameter(torch.ones(2))]).defaults["fused"]
     with pytest.raises(ValueError, match="optimizer"):
         make_optimizer([torch.nn.Parameter(torch.ones(2))], "SGD")
+
+
+def test_bf16_mixed_training_with_attention_dropout_learns_and_keeps_fp32_weights():
+    """CPU bf16 autocast through Lightning, with the chunked dropout-attention kernel."""
+    model = _model(dropout=0.2)
+    model.train(
+        "gep",
+        max_epochs=6,
+        lr=3e-3,
+        batch_size=32,
+        n_top_genes=None,
+        precision="bf16-mixed",
+        **QUIET,
+    )
+    history = model.history_["gep_train"].to_numpy().ravel().astype(float)
+    assert np.isfinite(history).all()
+    assert history[-1] < history[0], history
+    assert {p.dtype for p in model.module.parameters()} == {torch.float32}
+
+
+def test_bf16_clipping_with_the_fused_optimizer_clips():
+    from types import SimpleNamespace
+
+    from scvi_scgpt.train import SCGPTTrainingPlan, make_optimizer
+
+    model = _model()
+    plan = SCGPTTrainingPlan(model.module)
+    plan._trainer = SimpleNamespace(precision="bf16-mixed")
+    params = [p for p in model.module.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.full_like(p, 10.0)
+    opt = make_optimizer(params, "Adam", fused=True)
+    plan.configure_gradient_clipping(opt, 1.0, "norm")
+    total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+    assert float(total) == pytest.approx(1.0, rel=1e-3)

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scvi_scgpt.nn._kernels import attend
+from scvi_scgpt.nn._kernels import attend, attend_generated
+from scvi_scgpt.nn._precision import linear
 
 _FLASH_AVAILABLE = importlib.util.find_spec("flash_attn") is not None
 
@@ -260,7 +261,7 @@ class SelfAttention(nn.Module):
 
     def project_qkv(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, L, d)`` -> ``(B, L, 3, H, Dh)`` fused projections."""
-        qkv = F.linear(x.to(self.in_proj_weight.dtype), self.in_proj_weight, self.in_proj_bias)
+        qkv = linear(x, self.in_proj_weight, self.in_proj_bias)
         return qkv.unflatten(-1, (3, self.n_heads, self.head_dim))
 
     def forward(
@@ -300,16 +301,20 @@ class SelfAttention(nn.Module):
             out, scores = attention_with_scores(
                 q, k, v, key_padding_mask, _check_kinds(return_attention), dropout
             )
-            return self.out_proj(out.transpose(1, 2).flatten(2)), scores
+            return self._project_out(out.transpose(1, 2).flatten(2)), scores
         if query_index is None and self._flash_applies(qkv):
-            return self.out_proj(self._flash_forward(qkv, key_padding_mask, dropout))
+            return self._project_out(self._flash_forward(qkv, key_padding_mask, dropout))
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
         if query_index is not None:
             q = q[:, :, query_index : query_index + 1]
         if attn_mask is None and key_padding_mask is not None:
             attn_mask = keys_attention_mask(key_padding_mask)
         out = attend(q, k, v, attn_mask, dropout)
-        return self.out_proj(out.transpose(1, 2).flatten(2))
+        return self._project_out(out.transpose(1, 2).flatten(2))
+
+    def _project_out(self, x: torch.Tensor) -> torch.Tensor:
+        """``out_proj`` (through the packed bfloat16 kernel when one is active)."""
+        return linear(x, self.out_proj.weight, self.out_proj.bias)
 
     def _flash_applies(self, qkv: torch.Tensor) -> bool:
         """flash-attn is wanted, installed, and takes this tensor (CUDA, half precision)."""
@@ -331,7 +336,7 @@ class SelfAttention(nn.Module):
         returned as ``{kind: (B, H, L, L)}`` in the padded layout (as :meth:`forward`).
         """
         dropout = self.dropout if self.training else 0.0
-        qkv = F.linear(x.to(self.in_proj_weight.dtype), self.in_proj_weight, self.in_proj_bias)
+        qkv = linear(x, self.in_proj_weight, self.in_proj_bias)
         if return_attention is not None:
             kinds = _check_kinds(return_attention)
             outputs, parts = [], {kind: [] for kind in kinds}
@@ -344,17 +349,17 @@ class SelfAttention(nn.Module):
                 for kind in kinds:
                     parts[kind].append(scores[kind])
             full = {kind: tokens.scatter_scores(parts[kind]) for kind in kinds}
-            return self.out_proj(tokens.unbucket(outputs)), full
+            return self._project_out(tokens.unbucket(outputs)), full
         if self._flash_applies(qkv):
             packed = qkv.unflatten(-1, (3, self.n_heads, self.head_dim))
             out = _flash_varlen(packed, tokens.cu_seqlens, tokens.max_len, dropout)
-            return self.out_proj(out.flatten(1))
+            return self._project_out(out.flatten(1))
         outputs = []
         for part, (_, _, mask) in zip(tokens.bucketed(qkv), tokens.buckets):
             q, k, v = part.unflatten(-1, (3, self.n_heads, self.head_dim)).permute(2, 0, 3, 1, 4)
             out = attend(q, k, v, mask, dropout)
             outputs.append(out.transpose(1, 2).flatten(2))
-        return self.out_proj(tokens.unbucket(outputs))
+        return self._project_out(tokens.unbucket(outputs))
 
     def generative_forward(
         self,
@@ -395,26 +400,11 @@ class SelfAttention(nn.Module):
         q_g, k_g, v_g = qkv_g.unbind(0)
         known_mask = keys_attention_mask(known_padding_mask)
         out_k = attend(q_k, k_k, v_k, known_mask, dropout)
-        n_gen = generated.shape[1]
-        batch, n_known = known.shape[:2]
-        allowed_known = (
-            torch.ones(batch, n_known, dtype=torch.bool, device=known.device)
-            if known_padding_mask is None
-            else ~known_padding_mask
-        )
-        eye = torch.eye(n_gen, dtype=torch.bool, device=known.device)
-        gen_mask = torch.cat(
-            [
-                allowed_known[:, None, :].expand(batch, n_gen, n_known),
-                eye.expand(batch, n_gen, n_gen),
-            ],
-            dim=2,
-        )[:, None]  # (B, 1, Lg, Lk + Lg)
-        out_g = attend(q_g, torch.cat([k_k, k_g], 2), torch.cat([v_k, v_g], 2), gen_mask, dropout)
-        out_k = self.out_proj(out_k.transpose(1, 2).flatten(2))
+        out_g = attend_generated(q_g, k_k, v_k, k_g, v_g, known_mask, dropout)
+        out_k = self._project_out(out_k.transpose(1, 2).flatten(2))
         out_g = out_g.transpose(1, 2).flatten(2)
         if project_generated:
-            out_g = self.out_proj(out_g)
+            out_g = self._project_out(out_g)
         return out_k, out_g
 
     def _flash_forward(self, qkv, key_padding_mask, dropout):

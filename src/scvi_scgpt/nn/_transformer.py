@@ -14,6 +14,7 @@ from scvi_scgpt.nn._attention import (
     SelfAttention,
     keys_attention_mask,
 )
+from scvi_scgpt.nn._precision import linear
 
 #: Share of padding above which the encoder runs packed (see ``TransformerEncoder``).
 PACKING_MIN_PADDING = 0.1
@@ -55,8 +56,8 @@ class TransformerEncoderLayer(nn.Module):
 
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
         # inputs follow the weights' dtype (bfloat16 under LowPrecisionWeights, else a no-op)
-        h = self.activation(self.linear1(x.to(self.linear1.weight.dtype)))
-        return self.dropout2(self.linear2(self.dropout(h)))
+        h = linear(x, self.linear1.weight, self.linear1.bias, self.activation)
+        return self.dropout2(linear(self.dropout(h), self.linear2.weight, self.linear2.bias))
 
     def forward(
         self,
