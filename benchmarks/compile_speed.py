@@ -16,18 +16,24 @@ model, alternating in one process:
   the training plan's compiled layers; the first step includes the compilation, the steady
   figure is the median of ``--steps`` later steps.
 
+Inductor's on-disk caches are disabled (``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1``), so the
+first call pays a cold compilation, as on a new machine.
+
 Writes ``benchmarks/output/compile_speed/results.json`` and (full runs) the marked
 "torch.compile" section of ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 import warnings
 
 import _harness as h
 
+# a cold compilation every run: inductor's on-disk caches would hide the compile time
+os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
 SECTION = "compile_speed"
 QUICK = {"n_cells": 32, "rounds": 1, "steps": 1}
 log = h.setup_logging("compile_speed", quiet=False)
@@ -138,8 +144,8 @@ def render(res: dict) -> str:
         f"Command: `{res['command']}`  ",
         f"{h.machine_line(res)}. `compile=True` compiles each layer's residual / "
         "LayerNorm / feed-forward block (attention stays eager); first = the first call "
-        "(compilation included), steady = median of the later calls, alternating in one "
-        "process.",
+        "(a cold compilation included: inductor's caches off), steady = median of the later "
+        "calls, alternating in one process.",
         "",
     ]
     for part, unit, scale in (
