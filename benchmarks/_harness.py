@@ -327,6 +327,21 @@ def report(
     return text
 
 
+def run_parts(
+    args: argparse.Namespace, parts: dict[str, Callable], log: Callable[[str], None]
+) -> dict:
+    """``{name: part(args)}`` for each part in order, warnings off, threads set, logged."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    set_threads(args.threads)
+    res = {}
+    for name, part in parts.items():
+        res[name] = part(args)
+        log(f"{name} done")
+    return res
+
+
 def machine_line(res: dict) -> str:
     """``Machine: <cpu>, <n> cores, torch <version>`` of a results payload."""
     m = res["machine"]

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import statistics
 import time
-import warnings
 
 import _harness as h
 import numpy as np
@@ -442,13 +441,8 @@ def main(argv=None) -> None:
     )
     h.add_python_args(p)
     args = h.parse(p, argv, quick=QUICK)
-    warnings.filterwarnings("ignore")
-    h.set_threads(args.threads)
-    res = {"embedding": embedding_part(args)}
-    log("embedding done")
-    res["training"] = training_part(args)
-    log("training done")
-    h.report(args, res, render, SECTION)
+    parts = {"embedding": embedding_part, "training": training_part}
+    h.report(args, h.run_parts(args, parts, log), render, SECTION)
 
 
 if __name__ == "__main__":
