@@ -57,7 +57,7 @@ class EmbeddingMixin:
         precision
             ``"32"``: float32 (default; official parity). ``"bf16"``: on a CPU the
             transformer's matmul weights are held in bfloat16 for the call, LayerNorm and
-            the residual stream stay float32 (about 2x faster on CPUs with AVX-512-BF16 or
+            the residual stream stay float32 (about 3x faster on CPUs with AVX-512-BF16 or
             AMX; per-cell cosine to float32 above 0.99 after centring, see
             ``docs/performance.md``); on CUDA bf16 autocast. ``"16"``: float16 autocast
             (CUDA only). ``"auto"``: ``"bf16"`` where the hardware has fast bfloat16

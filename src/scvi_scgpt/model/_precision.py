@@ -2,9 +2,9 @@
 
 - ``"32"``: float32 everywhere (the default; official parity).
 - ``"bf16"`` on a CPU: the transformer's matmul weights are held in bfloat16 for the whole
-  call (:class:`~scvi_scgpt.nn._precision.LowPrecisionWeights`: converted once, no per-batch
-  casts); matmuls and attention run in bfloat16, LayerNorm, the residual stream, the input
-  encoders and the heads in float32.
+  call (:class:`~scvi_scgpt.nn._precision.LowPrecisionWeights`: converted and pre-packed
+  for oneDNN once, no per-batch casts of the weights); matmuls and attention run in
+  bfloat16, LayerNorm, the residual stream, the input encoders and the heads in float32.
 - ``"bf16"`` / ``"16"`` on CUDA: ``torch.autocast``.
 - ``"auto"``: ``"bf16"`` where the hardware has fast bfloat16 matmuls (a CPU with AMX or
   AVX-512-BF16, a CUDA device that supports bfloat16), else ``"32"``.

@@ -11,7 +11,12 @@ measured in ``benchmarks/RESULTS.md`` (issue #13) and described in ``docs/perfor
   :func:`~scvi_scgpt.nn._chunked_attention.chunked_attention` computes the same function in
   chunks with recompute. :data:`CPU_DROPOUT_KERNEL` switches back to SDPA.
 
-float32 without dropout always runs SDPA (official parity).
+float32 inference without dropout always runs SDPA (official parity).
+
+:func:`attend_generated` is the generative-pretraining attention of the generated tokens
+(to the known tokens and to themselves): on a CPU under autograd the own-key kernel
+:func:`~scvi_scgpt.nn._chunked_attention.generated_attention`, elsewhere SDPA with the
+generative mask.
 """
 
 from __future__ import annotations
