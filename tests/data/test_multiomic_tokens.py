@@ -99,3 +99,25 @@ def test_unmeasured_modality_has_no_tokens(include_zero_genes):
 def test_layout_must_fit_the_matrix():
     with pytest.raises(ValueError, match="does not fit"):
         _tokens(_cells(), np.ones((3, 5), dtype=bool))
+
+
+def test_presence_only_modality_gets_the_top_bin_for_every_entry():
+    """Binary peaks: no tie-spread random bins; the other modality is binned as before."""
+    matrix = sp.csr_matrix(
+        np.hstack(
+            [np.array([[1, 2, 3, 4, 5], [0, 3, 0, 1, 0]]), np.array([[1, 1], [1, 0]])]
+        ).astype(np.float32)
+    )
+    measured = np.ones((2, 5), dtype=bool)
+    cfg = TokenizerConfig(n_bins=11)
+    ids = np.arange(10, 17)
+    plain = tokenize_cells(matrix, ids, cfg, cls_id=99, modalities=_layout(measured))
+    layout = ModalityLayout(_layout(measured).column_modality, measured, CLS, PAD, (PROT,))
+    presence = tokenize_cells(matrix, ids, cfg, cls_id=99, modalities=layout)
+    is_prot = presence.modality_ids == PROT
+    assert is_prot.sum() == 3
+    assert set(presence.values[is_prot]) == {10.0}
+    assert len(set(plain.values[plain.modality_ids == PROT])) > 1  # ties spread at random
+    rna = presence.modality_ids == RNA
+    np.testing.assert_array_equal(presence.values[rna], plain.values[plain.modality_ids == RNA])
+    assert layout.rows(np.array([1])).presence_only == (PROT,)

@@ -6,10 +6,12 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from scvi_scgpt import SCGPT
 from scvi_scgpt._constants import TOKEN_KEYS
+from scvi_scgpt.model._multiomic import _is_binary
 from tests._builders import make_mudata
 
 MODS = {"rna_layer": "rna", "protein_layer": "prot"}
@@ -219,6 +221,12 @@ def test_rna_atac_mudata_end_to_end():
     peaks = [t for t in model.gene_subset_ if t.startswith("chr")]
     assert len(peaks) == 10
     assert model.get_latent_representation(mdata).shape == (60, 16)
+    # binary peaks are presence only (the top bin), counts are binned as before
+    layout = model._cell_source(mdata).modalities
+    atac = model.modality_vocab_.index("ATAC")
+    assert layout.presence_only == (atac,)
+    assert _is_binary(sp.csr_matrix(mdata["atac"].X))
+    assert not _is_binary(sp.csr_matrix(mdata["atac"].X * 2))
 
 
 def test_from_pretrained_adds_protein_rows(official_dir):

@@ -76,20 +76,32 @@ class ModalityLayout:
         ``(n_cells, n_modality_ids)`` bool: cell ``i`` was measured in modality ``j``.
     cls_id, pad_id
         Modality ids of ``<cls>`` and of padding.
+    presence_only
+        Modality ids whose values record presence only (binary ATAC peaks): every nonzero
+        entry gets the top bin. Binned on quantiles, the equal values of a binary matrix
+        would all be ties and get random bins.
     """
 
     column_modality: np.ndarray
     measured: np.ndarray
     cls_id: int
     pad_id: int
+    presence_only: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "column_modality", np.asarray(self.column_modality, np.int64))
         object.__setattr__(self, "measured", np.asarray(self.measured, dtype=bool))
+        object.__setattr__(self, "presence_only", tuple(int(m) for m in self.presence_only))
 
     def rows(self, rows: np.ndarray) -> ModalityLayout:
         """The layout of a subset of cells (``measured[rows]``)."""
-        return ModalityLayout(self.column_modality, self.measured[rows], self.cls_id, self.pad_id)
+        return ModalityLayout(
+            self.column_modality,
+            self.measured[rows],
+            self.cls_id,
+            self.pad_id,
+            self.presence_only,
+        )
 
 
 @dataclass
@@ -284,6 +296,7 @@ def tokenize_cells(
             values = bin_expression(indptr, raw, n_bins=config.n_bins, uniforms=uniforms)
         else:
             values = _bin_per_modality(rows, mods, raw, uniforms, n_cells, config.n_bins)
+            values[np.isin(mods, modalities.presence_only)] = config.n_bins - 1
         values = values.astype(np.float32)
 
     if config.include_zero_genes:

@@ -43,6 +43,11 @@ def is_mudata(data) -> bool:
     return type(data).__name__ == "MuData" and hasattr(data, "mod")
 
 
+def _is_binary(matrix: sp.csr_matrix) -> bool:
+    """Whether every stored value of ``matrix`` is 1 (a 0/1 matrix, e.g. binarised peaks)."""
+    return matrix.nnz > 0 and bool(np.all(matrix.data == 1))
+
+
 def joint_vocabulary(base: GeneVocab, new_tokens) -> GeneVocab:
     """``base`` with the tokens it lacks appended (new rows), specials kept where they are."""
     known = set(base.tokens)
@@ -219,7 +224,7 @@ class MultiOmicMixin:
             return super()._cell_source(adata)
         mdata = adata
         manager = self.get_anndata_manager(mdata, required=True)
-        blocks, ids, column_modality = [], [], []
+        blocks, ids, column_modality, presence = [], [], [], []
         measured = np.zeros((mdata.n_obs, len(self.modality_vocab_)), dtype=bool)
         for spec in self._specs(mdata):
             mod = mdata.mod[spec.mod_key]
@@ -237,11 +242,14 @@ class MultiOmicMixin:
             blocks.append(aligned)
             ids.append(self._modality_vocab_ids(mdata, spec)[0])
             column_modality.append(np.full(mod.n_vars, mid, dtype=np.int64))
+            if spec.name == "ATAC" and _is_binary(aligned):
+                presence.append(mid)
         layout = ModalityLayout(
             np.concatenate(column_modality),
             measured,
             cls_id=modality_id(self.modality_vocab_, "<cls>"),
             pad_id=modality_id(self.modality_vocab_, "<pad>"),
+            presence_only=tuple(presence),
         )
         return CellSource(
             matrix=sp.hstack(blocks, format="csr"),
