@@ -59,12 +59,17 @@ def _softmax(scores: torch.Tensor) -> torch.Tensor:
     return torch.softmax(scores, -1, dtype=torch.float32) if reduced else scores.softmax(-1)
 
 
-def _probabilities(q_scaled, k, mask):
-    """Softmax of one chunk's scores (float32 statistics for reduced dtypes)."""
+def _scores(q_scaled, k, mask):
+    """One chunk's ``q·kᵀ`` scores, ``-inf`` where ``mask`` disallows the key."""
     scores = torch.matmul(q_scaled, k.transpose(-1, -2))
     if mask is not None:
         mask_scores(scores, mask)
-    return _softmax(scores)
+    return scores
+
+
+def _probabilities(q_scaled, k, mask):
+    """Softmax of one chunk's scores (float32 statistics for reduced dtypes)."""
+    return _softmax(_scores(q_scaled, k, mask))
 
 
 def _keep(shape, dropout_p: float, seed: int, index: int, device) -> torch.Tensor:
@@ -163,11 +168,8 @@ def _mask_and_seed(attn_mask: torch.Tensor | None, dropout_p: float):
 
 def _generated_probabilities(q_scaled, k_known, k_self, mask):
     """Softmax over ``[known keys, own key]`` of one chunk: ``(..., Lg, Lk + 1)``."""
-    scores = torch.matmul(q_scaled, k_known.transpose(-1, -2))
-    if mask is not None:
-        mask_scores(scores, mask)
     own = (q_scaled * k_self).sum(-1, keepdim=True)
-    return _softmax(torch.cat([scores, own], -1))
+    return _softmax(torch.cat([_scores(q_scaled, k_known, mask), own], -1))
 
 
 class _GeneratedAttention(torch.autograd.Function):

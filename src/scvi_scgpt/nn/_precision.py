@@ -147,10 +147,7 @@ class LowPrecisionWeights:
             raise RuntimeError("LowPrecisionWeights is already active.")
         if self._low is None:
             self._low = [p.detach().to(self.dtype) for p in self._params]
-            self._packed = [
-                pack_linear_weight(low) if self.pack and low.dim() == 2 else None
-                for low in self._low
-            ]
+            self._packed = [pack_linear_weight(low) if self.pack else None for low in self._low]
         self._saved = [p.data for p in self._params]
         for p, low, packed in zip(self._params, self._low, self._packed or []):
             p.data = low
