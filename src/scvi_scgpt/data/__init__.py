@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from scvi_scgpt.data._atlas_store import AtlasStore
 from scvi_scgpt.data._binning import bin_expression, quantile_edges
 from scvi_scgpt.data._files import open_anndata_file, read_gene_names
 from scvi_scgpt.data._genes import GeneMatch, ensembl_to_symbol, is_ensembl_id, match_genes
@@ -11,6 +12,16 @@ from scvi_scgpt.data._modalities import (
     modality_vocabulary,
     peak_tokens,
     protein_tokens,
+)
+from scvi_scgpt.data._open_source import is_soma_uri, open_source
+from scvi_scgpt.data._soma import SomaSource
+from scvi_scgpt.data._sources import (
+    AnnDataFileSource,
+    BlockSpec,
+    CellSource,
+    InMemorySource,
+    RowBlock,
+    SourcePart,
 )
 from scvi_scgpt.data._tokenize import (
     ModalityLayout,
@@ -22,6 +33,16 @@ from scvi_scgpt.data._tokenize import (
 from scvi_scgpt.data._vocab import GeneVocab, vocab_from_anndata_files
 
 __all__ = [
+    "AnnDataFileSource",
+    "AtlasStore",
+    "BlockSpec",
+    "CellSource",
+    "InMemorySource",
+    "RowBlock",
+    "SomaSource",
+    "SourcePart",
+    "is_soma_uri",
+    "open_source",
     "vocab_from_anndata_files",
     "GeneMatch",
     "GeneVocab",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from scvi_scgpt.dataloaders._atlas import AtlasDataModule, CellBlockDataset
 from scvi_scgpt.dataloaders._collate import (
     COLLATORS,
     GenerativeCollator,
@@ -24,6 +25,8 @@ COLLATORS["paired_control"] = PairedControlCollator
 COLLATORS["multiomic"] = MultiOmicCollator
 
 __all__ = [
+    "AtlasDataModule",
+    "CellBlockDataset",
     "COLLATORS",
     "PERTURBATION_KEY",
     "AnnDataFileStream",

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from scvi_scgpt._constants import TOKEN_KEYS
-from scvi_scgpt.data import ModalityLayout, TokenizerConfig, tokenize_cells
+from scvi_scgpt.data import CellSource, ModalityLayout, TokenizerConfig, tokenize_cells
 
 
 def iter_token_batches(
@@ -35,7 +35,8 @@ def iter_token_batches(
     Parameters
     ----------
     matrix
-        ``(n_obs, n_vars)`` expression (CSR, dense or backed); only rows in ``indices`` are read.
+        ``(n_obs, n_vars)`` expression (CSR, dense or backed), or a one-part
+        :class:`~scvi_scgpt.data.CellSource`; only rows in ``indices`` are read.
     indices
         Rows to tokenize.
     column_vocab_ids
@@ -62,8 +63,11 @@ def iter_token_batches(
         # token row j is cell chunk[order[j]]; backed matrices want sorted indices
         order = np.argsort(chunk, kind="stable")
         rows_read = chunk[order]
+        cells = (
+            matrix.read_rows(0, rows_read) if isinstance(matrix, CellSource) else matrix[rows_read]
+        )
         tokens = tokenize_cells(
-            matrix[rows_read],
+            cells,
             column_vocab_ids,
             tokenizer,
             cls_id=cls_id,

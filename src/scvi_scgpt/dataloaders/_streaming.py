@@ -1,4 +1,4 @@
-"""Streaming cells from many on-disk AnnData files (larger than memory)."""
+"""Streaming training cells from any cell source: on-disk files, collections, TileDB-SOMA."""
 
 from __future__ import annotations
 
@@ -8,19 +8,19 @@ from pathlib import Path
 
 import anndata
 import numpy as np
-import scipy.sparse as sp
+import pandas as pd
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from scvi_scgpt._constants import TOKEN_KEYS
-from scvi_scgpt.data import GeneVocab, match_genes, open_anndata_file, read_gene_names
+from scvi_scgpt.data import CellSource, GeneVocab, match_genes, open_source
 
 logger = logging.getLogger(__name__)
 
 
 class AnnDataFileStream(IterableDataset):
-    """Minibatches of cells read block by block from on-disk AnnData files.
+    """Minibatches of cells read block by block from a :class:`~scvi_scgpt.data.CellSource`.
 
     Every epoch the ``(file, block)`` list is shuffled with ``seed + epoch``; the blocks are
     dealt to the distributed ranks (and DataLoader workers) so that they read disjoint cells,
@@ -30,11 +30,9 @@ class AnnDataFileStream(IterableDataset):
 
     def __init__(
         self,
-        files: Sequence[Path],
+        source: CellSource,
         column_vocab_ids: Sequence[np.ndarray],
-        n_obs: Sequence[int],
         *,
-        layer: str | None,
         batch_size: int,
         block_size: int,
         shuffle: bool,
@@ -42,11 +40,9 @@ class AnnDataFileStream(IterableDataset):
         collate: Callable[[dict], dict] | None = None,
     ) -> None:
         super().__init__()
-        self.files = list(files)
+        self.source = source
         self.column_vocab_ids = list(column_vocab_ids)
-        self.n_obs = list(n_obs)
-        self.offsets = np.concatenate([[0], np.cumsum(self.n_obs)])
-        self.layer = layer
+        self.n_obs = [p.n_obs for p in source.parts]
         self.batch_size = batch_size
         self.block_size = block_size
         self.shuffle = shuffle
@@ -56,11 +52,9 @@ class AnnDataFileStream(IterableDataset):
         self.epoch = 0
 
     def _blocks(self) -> list[tuple[int, int, int]]:
-        return [
-            (f, start, min(start + self.block_size, n))
-            for f, n in enumerate(self.n_obs)
-            for start in range(0, n, self.block_size)
-        ]
+        """``(part, start, stop)`` blocks, each within one part (one gene order)."""
+        specs = self.source.blocks(self.block_size, within_parts=True)
+        return [spec.segments[0] for spec in specs]
 
     def _batches_per_block(self, block) -> int:
         return -(-(block[2] - block[1]) // self.batch_size)
@@ -103,45 +97,47 @@ class AnnDataFileStream(IterableDataset):
             if i % n_workers == worker_id:
                 plan.append((block, take))
         rng = np.random.default_rng([self.seed, epoch, self.rank, worker_id])
-        handles: dict[int, object] = {}
         for (f, start, stop), take in plan:
-            if f not in handles:
-                handles[f] = open_anndata_file(self.files[f], self.layer)[0]
-            rows = handles[f][start:stop]
-            rows = sp.csr_matrix(rows) if not sp.issparse(rows) else rows.tocsr()
+            rows = self.source.read_range(f, start, stop)
             cells = rng.permutation(stop - start) if self.shuffle else np.arange(stop - start)
             for b in range(take):
                 sel = cells[b * self.batch_size : (b + 1) * self.batch_size]
                 batch = {
                     TOKEN_KEYS.X: rows[sel],
                     TOKEN_KEYS.COLUMN_VOCAB_IDS: self.column_vocab_ids[f],
-                    TOKEN_KEYS.CELL_INDEX: self.offsets[f] + start + sel,
+                    TOKEN_KEYS.CELL_INDEX: self.source.parts[f].offset + start + sel,
                 }
                 yield self.collate(batch) if self.collate is not None else batch
 
 
 class StreamingAnnDataModule(LightningDataModule):
-    """Lightning datamodule streaming cells from on-disk ``.h5ad`` / ``.zarr`` files.
+    """Lightning datamodule streaming training cells from any cell source.
 
-    For pretraining on collections that do not fit in memory: files are opened backed and
-    read in blocks of ``block_size`` contiguous cells, shuffled at block level across files
-    and at cell level within blocks. Under DDP every rank reads its own disjoint shard of the
-    blocks. Pass it as ``model.train(task="pretrain", datamodule=dm)``; the model installs the
-    tokenizing collator.
+    For training on data that does not fit in memory: ``.h5ad`` files, zarr AnnData stores,
+    a list of them (a collection; each file's genes matched on its own), or a TileDB-SOMA
+    experiment (with ``measurement`` / ``layer`` / ``value_filter``), all read through
+    :func:`~scvi_scgpt.data.open_source` in blocks of ``block_size`` contiguous cells,
+    shuffled at block level across parts and at cell level within blocks. Under DDP every
+    rank reads its own disjoint shard of the blocks. Pass it as
+    ``model.train(task=..., datamodule=dm)`` (pretraining or fine-tuning); the model installs
+    the tokenizing collator.
 
     Parameters
     ----------
     files
-        Training files.
+        Training cells: a path, a URI, a list of paths, or a
+        :class:`~scvi_scgpt.data.CellSource`.
     vocab
         Vocabulary to match genes against (e.g. :func:`vocab_from_anndata_files` or the
         pretrained model's).
     validation_files
-        Optional held-out files.
+        Optional held-out cells (same forms as ``files``).
     gene_symbols_key
-        ``var`` column with gene symbols (default: ``var_names``).
+        ``var`` column with gene symbols (default: ``var_names``; SOMA: ``feature_name``).
     layer
-        Layer with the expression (default: ``X``).
+        Layer with the expression (default: ``X``; SOMA: the ``X`` layer, ``"raw"``).
+    measurement, value_filter
+        TileDB-SOMA measurement and ``obs`` filter.
     batch_size, block_size
         Cells per minibatch and per contiguous read.
     shuffle, seed
@@ -152,12 +148,14 @@ class StreamingAnnDataModule(LightningDataModule):
 
     def __init__(
         self,
-        files: Sequence[str | Path],
+        files,
         vocab: GeneVocab,
         *,
-        validation_files: Sequence[str | Path] | None = None,
+        validation_files=None,
         gene_symbols_key: str | None = None,
         layer: str | None = None,
+        measurement: str = "RNA",
+        value_filter: str | None = None,
         batch_size: int = 32,
         block_size: int = 1024,
         shuffle: bool = True,
@@ -165,38 +163,35 @@ class StreamingAnnDataModule(LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if not files:
-            raise ValueError("StreamingAnnDataModule needs at least one file.")
+        if files is None or (isinstance(files, list | tuple) and not files):
+            raise ValueError("StreamingAnnDataModule needs at least one file or source.")
         self.vocab = vocab
-        self.gene_symbols_key = gene_symbols_key
-        self.layer = layer
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.collate: Callable[[dict], dict] | None = None
-        self.train_stream = self._stream(files, block_size, shuffle, seed)
+        options = {
+            "layer": layer,
+            "measurement": measurement,
+            "value_filter": value_filter,
+            "gene_symbols_key": gene_symbols_key,
+        }
+        self.train_stream = self._stream(files, options, block_size, shuffle, seed)
         self.val_stream = (
-            self._stream(validation_files, block_size, False, seed) if validation_files else None
+            self._stream(validation_files, options, block_size, False, seed)
+            if validation_files
+            else None
         )
 
-    def _stream(self, files, block_size, shuffle, seed) -> AnnDataFileStream:
-        paths, ids, n_obs = [], [], []
-        for path in map(Path, files):
-            if not path.exists():
-                raise FileNotFoundError(f"{str(path)!r} does not exist.")
-            names = read_gene_names(path, self.gene_symbols_key)
-            matrix, _, handle = open_anndata_file(path, self.layer)
-            n_obs.append(int(matrix.shape[0]))
-            if handle is not None:
-                handle.file.close()
-            match = match_genes(names, self.vocab, source=str(path))
-            logger.info("%s: %s.", path.name, match.summary())
-            paths.append(path)
+    def _stream(self, files, options, block_size, shuffle, seed) -> AnnDataFileStream:
+        source = open_source(files if not isinstance(files, tuple) else list(files), **options)
+        ids = []
+        for part in source.parts:
+            match = match_genes(part.gene_names, self.vocab, source=part.name)
+            logger.info("%s: %s.", Path(part.name).name, match.summary())
             ids.append(match.vocab_ids)
         return AnnDataFileStream(
-            paths,
+            source,
             ids,
-            n_obs,
-            layer=self.layer,
             batch_size=self.batch_size,
             block_size=block_size,
             shuffle=shuffle,
@@ -209,14 +204,11 @@ class StreamingAnnDataModule(LightningDataModule):
         return int(sum(self.train_stream.n_obs))
 
     def example_adata(self, n_cells: int = 64) -> anndata.AnnData:
-        """The first cells of the first training file, in memory (to create a model)."""
-        path = self.train_stream.files[0]
-        matrix, var, handle = open_anndata_file(path, self.layer)
-        rows = matrix[: min(n_cells, matrix.shape[0])]
-        rows = sp.csr_matrix(rows) if not sp.issparse(rows) else rows.tocsr()
-        if handle is not None:
-            handle.file.close()
-        return anndata.AnnData(rows, var=var.copy())
+        """The first cells of the first training part, in memory (to create a model)."""
+        source = self.train_stream.source
+        block = source.read_block(source.blocks(n_cells, within_parts=True)[0])[0]
+        names = np.asarray(source.parts[0].gene_names, dtype=str)
+        return anndata.AnnData(block.X, var=pd.DataFrame(index=pd.Index(names)))
 
     def steps_per_epoch(self) -> int:
         """Training minibatches per epoch on each rank (known after :meth:`setup`)."""

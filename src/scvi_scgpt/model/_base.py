@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
 from tqdm.auto import tqdm
 
-from scvi_scgpt.data import GeneMatch, GeneVocab, ModalityLayout, TokenizerConfig, match_genes
+from scvi_scgpt.data import GeneMatch, GeneVocab, InMemorySource, TokenizerConfig, match_genes
 from scvi_scgpt.dataloaders import iter_token_batches
 from scvi_scgpt.model._precision import inference_precision
 from scvi_scgpt.model._scvi_compat import anndata_uuid, give_own_uuid
@@ -39,30 +38,6 @@ def resolve_vocab(vocab, adata: AnnData, gene_symbols_key: str | None) -> GeneVo
     if isinstance(vocab, str | Path):
         return GeneVocab.from_file(vocab)
     return GeneVocab(vocab)
-
-
-@dataclass(frozen=True)
-class CellSource:
-    """The cells of an AnnData (or MuData) as tokenization reads them.
-
-    Attributes
-    ----------
-    matrix
-        ``(n_obs, n_columns)`` expression (for MuData the modalities side by side, rows in
-        ``obs_names`` order, unmeasured cells as empty rows).
-    column_vocab_ids
-        Vocabulary id of each column (``-1``: not used).
-    batch_codes, label_codes
-        Per-row batch and label codes of the registry.
-    modalities
-        Column modalities and measured cells (multi-omic data), else ``None``.
-    """
-
-    matrix: Any
-    column_vocab_ids: np.ndarray
-    batch_codes: np.ndarray
-    label_codes: np.ndarray
-    modalities: ModalityLayout | None = None
 
 
 class BaseMixin:
@@ -134,14 +109,18 @@ class BaseMixin:
         ``-1`` marks genes outside the vocabulary or, after training on a gene subset (HVGs),
         outside that subset.
         """
-        ids = self.gene_coverage(adata).vocab_ids.copy()
+        names, source = self._gene_names(adata)
+        return self._vocab_ids_of(names, source=source)
+
+    def _vocab_ids_of(self, names: np.ndarray, *, source: str) -> np.ndarray:
+        """Vocabulary id per gene name (``-1``: unknown, or outside ``gene_subset_``)."""
+        ids = match_genes(names, self.vocab_, source=source).vocab_ids.copy()
         subset = getattr(self, "gene_subset_", None)
         if subset is not None:
-            names, _ = self._gene_names(adata)
             ids[~np.isin(names, np.asarray(subset, dtype=object))] = -1
             if not (ids >= 0).any():
                 raise ValueError(
-                    "None of the model's training genes (gene_subset_) is in this AnnData."
+                    f"None of the model's training genes (gene_subset_) is in {source}."
                 )
         return ids
 
@@ -182,7 +161,7 @@ class BaseMixin:
         """
         source = self._cell_source(adata)
         return iter_token_batches(
-            source.matrix,
+            source,
             indices,
             source.column_vocab_ids if column_ids is None else column_ids,
             tokenizer or self.tokenizer_config,
@@ -196,11 +175,15 @@ class BaseMixin:
             modalities=source.modalities,
         )
 
-    def _cell_source(self, adata: AnnData) -> CellSource:
+    def _cell_source(self, adata: AnnData) -> InMemorySource:
         """What tokenization reads of ``adata``: the matrix, column ids, batch codes."""
         manager = self.get_anndata_manager(adata, required=True)
-        return CellSource(
-            matrix=manager.get_from_registry(REGISTRY_KEYS.X_KEY),
+        names, _ = self._gene_names(adata)
+        return InMemorySource(
+            manager.get_from_registry(REGISTRY_KEYS.X_KEY),
+            adata.obs_names,
+            names,
+            adata.obs,
             column_vocab_ids=self._column_vocab_ids(adata),
             batch_codes=np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel(),
             label_codes=np.asarray(manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel(),
@@ -239,9 +222,7 @@ class BaseMixin:
         them. Gradients are off; the module's train/eval mode is the caller's choice.
         """
         batch_size = batch_size or settings.batch_size
-        device = self.device
         show = len(indices) > 10 * batch_size if progress_bar is None else progress_bar
-        autocast = self._autocast(precision, device)
         batches = self._token_batches(
             adata,
             indices,
@@ -252,12 +233,24 @@ class BaseMixin:
             max_tokens=max_tokens,
         )
         with tqdm(total=len(indices), desc=desc, disable=not show, unit="cell") as bar:
-            for positions, arrays in batches:
-                tensors = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
-                with torch.no_grad(), autocast:
-                    result = step(tensors, positions)
+            for positions, result in self._run_token_batches(batches, step, precision):
                 yield positions, result
                 bar.update(len(positions))
+
+    def _run_token_batches(
+        self,
+        batches: Iterator[tuple[np.ndarray, dict[str, np.ndarray]]],
+        step: Callable[[dict[str, torch.Tensor], np.ndarray], Any],
+        precision: str = "32",
+    ) -> Iterator[tuple[np.ndarray, Any]]:
+        """``step`` on each ``(positions, token arrays)`` batch, on the model's device."""
+        device = self.device
+        autocast = self._autocast(precision, device)
+        for positions, arrays in batches:
+            tensors = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
+            with torch.no_grad(), autocast:
+                result = step(tensors, positions)
+            yield positions, result
 
     def _map_cells(
         self,

@@ -25,6 +25,7 @@ from scvi.utils import setup_anndata_dsp
 from scvi_scgpt._constants import CLS_VALUE_PRETRAIN, MAX_SEQ_LEN, N_BINS, PAD_VALUE
 from scvi_scgpt.data import GeneVocab, TokenizerConfig, check_expression_values
 from scvi_scgpt.model._annotation import AnnotationMixin
+from scvi_scgpt.model._atlas import AtlasMixin
 from scvi_scgpt.model._base import BUILD_ON_META, BaseMixin, resolve_vocab
 from scvi_scgpt.model._checkpoint import CheckpointAudit
 from scvi_scgpt.model._embedding import EmbeddingMixin
@@ -44,6 +45,7 @@ from scvi_scgpt.module import ArchitectureConfig, SCGPTModule
 class SCGPT(
     MultiOmicMixin,
     EmbeddingMixin,
+    AtlasMixin,
     AnnotationMixin,
     ReferenceMappingMixin,
     GenerationMixin,

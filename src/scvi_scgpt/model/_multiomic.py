@@ -12,13 +12,13 @@ from scvi.data import AnnDataManager, AnnDataManagerValidationCheck
 
 from scvi_scgpt.data import (
     GeneVocab,
+    InMemorySource,
     ModalityLayout,
     feature_tokens,
     match_genes,
     modality_vocabulary,
 )
 from scvi_scgpt.data._modalities import modality_id
-from scvi_scgpt.model._base import CellSource
 from scvi_scgpt.model._multiomic_setup import (
     ModalitySpec,
     check_mudata,
@@ -219,14 +219,15 @@ class MultiOmicMixin:
             )
         return None
 
-    def _cell_source(self, adata) -> CellSource:
+    def _cell_source(self, adata) -> InMemorySource:
         if not is_mudata(adata):
             return super()._cell_source(adata)
         mdata = adata
         manager = self.get_anndata_manager(mdata, required=True)
         blocks, ids, column_modality, presence = [], [], [], []
         measured = np.zeros((mdata.n_obs, len(self.modality_vocab_)), dtype=bool)
-        for spec in self._specs(mdata):
+        specs = list(self._specs(mdata))
+        for spec in specs:
             mod = mdata.mod[spec.mod_key]
             matrix = sp.csr_matrix(manager.get_from_registry(spec.registry_key))
             rows = mdata.obs_names.get_indexer(mod.obs_names)
@@ -251,8 +252,12 @@ class MultiOmicMixin:
             pad_id=modality_id(self.modality_vocab_, "<pad>"),
             presence_only=tuple(presence),
         )
-        return CellSource(
-            matrix=sp.hstack(blocks, format="csr"),
+        names = np.concatenate([np.asarray(mdata.mod[s.mod_key].var_names) for s in specs])
+        return InMemorySource(
+            sp.hstack(blocks, format="csr"),
+            mdata.obs_names,
+            names,
+            mdata.obs,
             column_vocab_ids=np.concatenate(ids),
             batch_codes=self._obs_codes(mdata, REGISTRY_KEYS.BATCH_KEY),
             label_codes=self._obs_codes(mdata, REGISTRY_KEYS.LABELS_KEY),

@@ -1,0 +1,7 @@
+"""``python -m scvi_scgpt``: the ``scvi-scgpt`` command line."""
+
+import sys
+
+from scvi_scgpt._cli import main
+
+sys.exit(main())
