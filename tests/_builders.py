@@ -128,3 +128,34 @@ def make_mudata(
     mdata.obs["batch"] = mdata.obs["batch"].astype("category")
     mdata.obs["cell_type"] = mdata.obs["cell_type"].astype("category")
     return mdata
+
+
+def write_soma(adata: ad.AnnData, uri) -> str:
+    """Write ``adata`` as a local TileDB-SOMA experiment (measurement "RNA", X layer "data").
+
+    The matrix goes in as a layer with ``X=None``: tiledbsoma 2.3's ``from_anndata`` fails on
+    anndata 0.13, where ``X`` is also listed as ``layers[None]``; this way both stacks write
+    the same experiment.
+    """
+    import pytest
+
+    tiledbsoma_io = pytest.importorskip("tiledbsoma.io")
+    ingest = ad.AnnData(obs=adata.obs.copy(), var=adata.var.copy(), layers={"data": adata.X})
+    tiledbsoma_io.from_anndata(str(uri), ingest, measurement_name="RNA")
+    return str(uri)
+
+
+def write_annbatch_collection(paths, out, seed: int = 0) -> str:
+    """An annbatch collection (several small datasets, shuffled) from ``.h5ad`` paths."""
+    import pytest
+
+    annbatch = pytest.importorskip("annbatch")  # Python >= 3.12
+    annbatch.DatasetCollection(str(out)).add_adatas(
+        [str(p) for p in paths],
+        shuffle=True,
+        rng=np.random.default_rng(seed),
+        dataset_size="20KB",
+        shuffle_chunk_size=10,
+        n_obs_per_chunk=8,
+    )
+    return str(out)

@@ -17,7 +17,7 @@ from scvi_scgpt.data import (
     is_soma_uri,
     open_source,
 )
-from tests._builders import make_counts
+from tests._builders import make_counts, write_annbatch_collection, write_soma
 
 
 def _digest(path):
@@ -25,12 +25,6 @@ def _digest(path):
     for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
         h.update(f.read_bytes())
     return h.hexdigest()
-
-
-def write_soma(adata, uri):
-    tiledbsoma_io = pytest.importorskip("tiledbsoma.io")
-    tiledbsoma_io.from_anndata(str(uri), adata, measurement_name="RNA")
-    return str(uri)
 
 
 @pytest.fixture
@@ -185,3 +179,24 @@ def test_in_memory_source_and_fingerprint(cells):
     with pytest.raises(ValueError, match="not in every part"):
         source.check_obs_columns(["cell_type", "missing"])
     assert isinstance(pd.Series(source.obs_values(0, "cell_type", 0, 3))[0], str)
+
+
+def test_annbatch_collection_is_read_with_its_loader(cells, tmp_path):
+    from scvi_scgpt.data import AnnbatchSource, is_annbatch_collection
+
+    cells[:40].write_h5ad(tmp_path / "a.h5ad")
+    cells[40:].write_h5ad(tmp_path / "b.h5ad")
+    collection = tmp_path / "collection.zarr"
+    write_annbatch_collection([tmp_path / "a.h5ad", tmp_path / "b.h5ad"], collection)
+    assert is_annbatch_collection(collection) and not is_annbatch_collection(tmp_path)
+    source = open_source(collection)
+    assert isinstance(source, AnnbatchSource) and source.n_obs == 70
+    assert len(source.dataset_n_obs) >= 2  # several datasets: global rows span them
+    X, ids = _all_rows(source, block_size=16)
+    order = cells.obs_names.get_indexer(ids)
+    assert sorted(order) == list(range(70))  # every cell once, shuffled by annbatch
+    np.testing.assert_array_equal(X, cells.X[order].toarray())
+    (block,) = source.read_block(source.blocks(32)[1], ["cell_type"])
+    assert list(block.obs["cell_type"]) == list(cells.obs["cell_type"].astype(str)[order[32:64]])
+    with pytest.raises(ValueError, match="layer= does not apply"):
+        open_source(collection, layer="counts")

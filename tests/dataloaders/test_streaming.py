@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scvi
+import torch
 
 from scvi_scgpt import SCGPT, GeneVocab
 from scvi_scgpt.data import StreamingAnnDataModule
-from tests._builders import make_structured_counts
+from tests._builders import make_structured_counts, write_soma
 
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
 
@@ -183,3 +184,32 @@ def test_two_process_ddp_pretraining_disjoint_cells(files, tmp_path):
     assert seen[0] and seen[1] and not seen[0] & seen[1]
     w0, w1 = (np.load(tmp_path / f"weights_rank{r}.npy") for r in (0, 1))
     np.testing.assert_array_equal(w0, w1)
+
+
+def test_training_streams_from_a_soma_experiment(tmp_path):
+    """The atlas sources feed training too: a TileDB-SOMA experiment with a value filter."""
+    adata = make_structured_counts(150, seed=4)
+    write_soma(adata, tmp_path / "exp")
+    vocab = GeneVocab.from_genes(adata.var_names)
+    dm = StreamingAnnDataModule(
+        str(tmp_path / "exp"),
+        vocab,
+        value_filter="cell_type != 'type0'",
+        batch_size=16,
+        block_size=32,
+    )
+    chosen = int((adata.obs["cell_type"] != "type0").sum())
+    assert dm.n_obs == chosen
+    assert sorted(_cells(dm.train_stream, 0).tolist()) == list(range(chosen))
+    example = dm.example_adata()
+    assert list(example.var_names) == list(adata.var_names)
+    SCGPT.setup_anndata(example)
+    model = SCGPT(example, vocab=vocab, max_seq_len=64, d_model=16, n_heads=2, d_hid=16,
+                  n_layers=1, dropout=0.0)  # fmt: skip
+    before = model.module.encoder.embedding.weight.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train("gep", datamodule=dm, max_epochs=2, lr=2e-3, **QUIET)
+    assert len(model.history_["train_loss"]) == 2
+    assert np.isfinite(model.history_["train_loss"].to_numpy(dtype=float)).all()
+    assert not torch.equal(before, model.module.encoder.embedding.weight.detach())

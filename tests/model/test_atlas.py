@@ -8,7 +8,12 @@ import pytest
 
 from scvi_scgpt import SCGPT
 from scvi_scgpt.data import AnnDataFileSource, AtlasStore
-from tests._builders import make_counts, make_structured_counts
+from tests._builders import (
+    make_counts,
+    make_structured_counts,
+    write_annbatch_collection,
+    write_soma,
+)
 
 TINY = {"d_model": 16, "n_heads": 2, "d_hid": 16, "n_layers": 1, "max_seq_len": 32}
 RUN = {"block_size": 16, "progress_bar": False}
@@ -72,8 +77,7 @@ def test_collection_matches_genes_per_file(model, cells, tmp_path):
 
 
 def test_soma_experiment_embeds_selected_cells(model, cells, tmp_path):
-    tiledbsoma_io = pytest.importorskip("tiledbsoma.io")
-    tiledbsoma_io.from_anndata(str(tmp_path / "exp"), cells, measurement_name="RNA")
+    write_soma(cells, tmp_path / "exp")
     out = model.embed_atlas(
         str(tmp_path / "exp"),
         tmp_path / "o.zarr",
@@ -178,3 +182,14 @@ def test_labels_and_batches_at_atlas_scale(tmp_path):
     unknown.write_h5ad(tmp_path / "unknown.h5ad")
     with pytest.raises(ValueError, match="batches the model was not trained on"):
         model.embed_atlas(tmp_path / "unknown.h5ad", tmp_path / "u.zarr", **RUN)
+
+
+def test_annbatch_collection_embeds_like_embed(model, cells, tmp_path):
+    cells[:50].write_h5ad(tmp_path / "a.h5ad")
+    cells[50:].write_h5ad(tmp_path / "b.h5ad")
+    write_annbatch_collection([tmp_path / "a.h5ad", tmp_path / "b.h5ad"], tmp_path / "c.zarr", 1)
+    out = model.embed_atlas(tmp_path / "c.zarr", tmp_path / "o.zarr", **RUN)
+    result = ad.read_zarr(out)
+    order = cells.obs_names.get_indexer(result.obs_names)
+    assert sorted(order) == list(range(cells.n_obs))
+    assert np.abs(result.obsm["X_scGPT"] - _reference(model, cells)[order]).max() <= 1e-6

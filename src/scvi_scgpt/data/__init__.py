@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from scvi_scgpt.data._annbatch import AnnbatchSource, is_annbatch_collection
 from scvi_scgpt.data._atlas_store import AtlasStore
 from scvi_scgpt.data._binning import bin_expression, quantile_edges
-from scvi_scgpt.data._files import open_anndata_file, read_gene_names
+from scvi_scgpt.data._files import close_store, open_anndata_file, read_gene_names
 from scvi_scgpt.data._genes import GeneMatch, ensembl_to_symbol, is_ensembl_id, match_genes
 from scvi_scgpt.data._modalities import (
     MODALITY_NAMES,
@@ -33,6 +34,8 @@ from scvi_scgpt.data._tokenize import (
 from scvi_scgpt.data._vocab import GeneVocab, vocab_from_anndata_files
 
 __all__ = [
+    "AnnbatchSource",
+    "is_annbatch_collection",
     "AnnDataFileSource",
     "AtlasStore",
     "BlockSpec",
@@ -51,6 +54,7 @@ __all__ = [
     "TokenizedCells",
     "TokenizerConfig",
     "bin_expression",
+    "close_store",
     "check_expression_values",
     "ensembl_to_symbol",
     "feature_tokens",

@@ -51,6 +51,17 @@ class AtlasStore:
             return None
         return json.loads(file.read_text(encoding="utf-8"))
 
+    def is_complete(self) -> bool:
+        """Whether a finished run wrote the store (``uns[UNS_KEY]["complete"]``)."""
+        if self.settings() is None:
+            return False
+        import zarr
+
+        uns = zarr.open_group(str(self.path), mode="r", zarr_format=2)["uns"]
+        if UNS_KEY not in uns or "complete" not in uns[UNS_KEY]:
+            return False
+        return bool(np.asarray(uns[UNS_KEY]["complete"][...]))
+
     def check_compatible(self, settings: Mapping) -> None:
         """Raise a ``ValueError`` unless the store was made with exactly ``settings``."""
         own = self.settings()

@@ -53,6 +53,10 @@ def close_store(group) -> None:
         close()
 
 
+#: Members of a nullable array element (anndata's on-disk format).
+_NULLABLE_VALUES, _NULLABLE_MASK = "values", "mask"
+
+
 def _encoding(element) -> str:
     return str(element.attrs.get("encoding-type", "array"))
 
@@ -142,8 +146,8 @@ def read_obs_column(group, column: str, start: int, stop: int, *, where: str) ->
         values[codes < 0] = None
         return values
     if kind.startswith("nullable"):
-        values = _read_array_rows(element["values"], start, stop)
-        mask = np.asarray(element["mask"][start:stop], dtype=bool)
+        values = _read_array_rows(element[_NULLABLE_VALUES], start, stop)
+        mask = np.asarray(element[_NULLABLE_MASK][start:stop], dtype=bool)
         if mask.any():
             values = values.astype(float if values.dtype.kind in "iuf" else object)
             values[mask] = np.nan if values.dtype.kind == "f" else None

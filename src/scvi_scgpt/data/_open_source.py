@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from scvi_scgpt.data._annbatch import AnnbatchSource, is_annbatch_collection
 from scvi_scgpt.data._soma import SomaSource
 from scvi_scgpt.data._sources import AnnDataFileSource, CellSource
 
@@ -29,9 +30,10 @@ def open_source(
     """A :class:`CellSource` for a path, a URI, a list of paths, or a source.
 
     The kind is detected: a directory holding a TileDB group (or a remote URI such as
-    ``s3://`` / ``tiledb://``) is a TileDB-SOMA experiment; any other directory must be a
-    zarr AnnData store; a file must be an ``.h5ad``; a list or tuple is a collection of
-    ``.h5ad`` / zarr files.
+    ``s3://`` / ``tiledb://``) is a TileDB-SOMA experiment; a zarr group written by
+    ``annbatch.DatasetCollection`` is an annbatch collection (Python >= 3.12, read with
+    annbatch's loader); any other directory must be a zarr AnnData store; a file must be an
+    ``.h5ad``; a list or tuple is a collection of ``.h5ad`` / zarr files.
 
     Parameters
     ----------
@@ -72,6 +74,10 @@ def open_source(
     if value_filter is not None:
         raise ValueError("value_filter applies to TileDB-SOMA sources only.")
     path = Path(source)
+    if is_annbatch_collection(path):
+        if layer is not None:
+            raise ValueError("An annbatch collection is read from its X; layer= does not apply.")
+        return AnnbatchSource(path, gene_symbols_key=gene_symbols_key)
     _check_anndata_path(path)
     return AnnDataFileSource(path, layer=layer, gene_symbols_key=gene_symbols_key)
 

@@ -32,7 +32,8 @@ class CellBlockDataset(Dataset):
     source
         Where the cells are read.
     specs
-        Blocks to read (e.g. those not finished yet).
+        Blocks to read (e.g. those not finished yet); ``None`` items are placeholders that
+        read nothing.
     obs_columns
         ``obs`` columns read with each block.
     """
@@ -47,8 +48,10 @@ class CellBlockDataset(Dataset):
     def __len__(self) -> int:
         return len(self.specs)
 
-    def __getitem__(self, i: int) -> tuple[BlockSpec, list[RowBlock]]:
+    def __getitem__(self, i: int) -> tuple[BlockSpec, list[RowBlock]] | None:
         spec = self.specs[i]
+        if spec is None:  # a placeholder: no block for this rank
+            return None
         return spec, self.source.read_block(spec, self.obs_columns)
 
 
@@ -93,7 +96,7 @@ class AtlasDataModule(LightningDataModule):
         self.obs_columns = tuple(obs_columns)
         self.num_workers = num_workers
         self.all_blocks = source.blocks(block_size)
-        self.pending: list[BlockSpec] = []
+        self.pending: list[BlockSpec | None] = []
 
     def setup(self, stage: str | None = None) -> None:
         """Create the store on rank 0, wait for it, list the unfinished blocks."""
@@ -105,10 +108,14 @@ class AtlasDataModule(LightningDataModule):
             trainer.strategy.barrier("scvi_scgpt_atlas_store")
         done = self.store.done_blocks()
         self.pending = [b for b in self.all_blocks if b.index not in done]
+        world = trainer.world_size if trainer is not None else 1
+        if 0 < len(self.pending) < world:
+            # Lightning's unrepeated sampler refuses a rank without items: placeholders
+            self.pending += [None] * (world - len(self.pending))
         if trainer is None or trainer.global_rank == 0:
             logger.info(
                 "%d of %d blocks to run (%d finished before).",
-                len(self.pending),
+                sum(b is not None for b in self.pending),
                 len(self.all_blocks),
                 len(done),
             )

@@ -160,6 +160,10 @@ class AtlasMixin:
                     "it / choose another path."
                 )
             store.check_compatible(run_settings)
+            if store.is_complete():
+                logger.info("%s is complete already: nothing to run.", out)
+                cell_source.close()
+                return str(out)
         blocks = cell_source.blocks(block_size)
 
         def create_store() -> None:

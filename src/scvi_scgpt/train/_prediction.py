@@ -45,8 +45,12 @@ class BlockPredictionPlan(LightningModule):
         self.module = module
         self.run_block = run_block
 
-    def predict_step(self, batch: tuple[BlockSpec, list[RowBlock]], batch_idx: int) -> dict:
-        """Results of one block, keyed for :class:`AtlasWriter`."""
+    def predict_step(
+        self, batch: tuple[BlockSpec, list[RowBlock]] | None, batch_idx: int
+    ) -> dict | None:
+        """Results of one block, keyed for :class:`AtlasWriter` (``None``: no block)."""
+        if batch is None:
+            return None
         spec, segments = batch
         result = self.run_block(segments)
         ids = np.concatenate([s.cell_ids for s in segments])
@@ -88,6 +92,8 @@ class AtlasWriter(BasePredictionWriter):
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
     ) -> None:
         """Write one block and mark it done."""
+        if prediction is None:
+            return
         spec = prediction["spec"]
         self.store.write_block(
             spec.index,
