@@ -288,3 +288,18 @@ def test_from_pretrained_official_multiomic_model(official_dir):
     assert not audit.initialised and not audit.mismatched and not audit.unexpected
     assert len(model.vocab_) == 33 and model.architecture.use_mod
     assert model.get_latent_representation(mdata).shape == (20, 32)
+
+
+def test_embed_atlas_on_an_in_memory_mudata(tmp_path):
+    """A MuData (mosaic: proteins for some cells) goes through the atlas path unchanged."""
+    import anndata as ad
+
+    mdata = _setup(make_mudata(protein_cells=40))
+    model = SCGPT(mdata, use_batch_labels=True, **TINY)
+    expected = model.get_latent_representation(mdata)
+    out = model.embed_atlas(mdata, tmp_path / "o.zarr", block_size=16, obs_columns=["batch"],
+                            progress_bar=False)  # fmt: skip
+    result = ad.read_zarr(out)
+    assert list(result.obs_names) == list(mdata.obs_names)
+    assert np.abs(result.obsm["X_scGPT"] - expected).max() <= 1e-6
+    assert "X_scGPT" not in mdata.obsm
