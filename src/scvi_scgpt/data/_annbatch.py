@@ -16,7 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from scvi_scgpt.data._files import check_unique_ids
-from scvi_scgpt.data._sources import CellSource, SourcePart
+from scvi_scgpt.data._sources import CellSource, SourcePart, column_values
+from scvi_scgpt.data._tokenize import _as_csr
 
 #: ``encoding-type`` of the root group of an annbatch collection.
 ANNBATCH_ENCODING = "annbatch-preshuffled"
@@ -153,52 +154,24 @@ class AnnbatchSource(CellSource):
             raise RuntimeError(f"annbatch returned rows {index[:5]}... for {start}:{stop}.")
         return batch
 
-    def read_rows(self, part: int, rows: np.ndarray) -> sp.csr_matrix:
-        """Rows (sorted); contiguous runs are read one range each."""
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) == 0:
-            return sp.csr_matrix((0, len(self.parts[0].gene_names)), dtype=np.float32)
-        runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1)
-        return sp.vstack(
-            [self.read_range(part, int(r[0]), int(r[-1]) + 1) for r in runs], format="csr"
-        )
-
     def read_range(self, part: int, start: int, stop: int) -> sp.csr_matrix:
         """Global rows ``start:stop`` through annbatch's loader."""
-        X = self._read(start, stop)["X"]
-        return X.tocsr() if sp.issparse(X) else sp.csr_matrix(np.asarray(X))
+        return _as_csr(self._read(start, stop)["X"])
 
     def cell_ids(self, part: int, start: int, stop: int) -> np.ndarray:
         """``obs_names`` of rows ``start:stop``."""
-        obs = self._read(start, stop)["obs"]
-        return np.asarray(obs.index).astype(str).astype(object)
+        return np.asarray(self._read(start, stop)["obs"].index).astype(str).astype(object)
 
     def obs_values(self, part: int, column: str, start: int, stop: int) -> np.ndarray:
         """An ``obs`` column of rows ``start:stop`` (categories as strings)."""
-        values = self._read(start, stop)["obs"][column]
-        return (
-            values.astype(object).to_numpy() if values.dtype == "category" else (values.to_numpy())
-        )
+        return column_values(self._read(start, stop)["obs"][column])
 
-    def read_block(self, spec, obs_columns=()):
-        """One loader pass per segment: matrix, ids and ``obs`` together."""
-        from scvi_scgpt.data._sources import RowBlock
-        from scvi_scgpt.data._tokenize import check_expression_values
-
-        out = []
-        for part, start, stop in spec.segments:
-            batch = self._read(start, stop)
-            X = batch["X"]
-            X = X.tocsr() if sp.issparse(X) else sp.csr_matrix(np.asarray(X))
-            check_expression_values(X.data, where=f"{self.path} (rows {start}-{stop})")
-            obs = batch["obs"]
-            values = {
-                c: (obs[c].astype(object) if obs[c].dtype == "category" else obs[c]).to_numpy()
-                for c in obs_columns
-            }
-            ids = np.asarray(obs.index).astype(str).astype(object)
-            out.append(RowBlock(part, np.arange(start, stop, dtype=np.int64), X, ids, values))
-        return out
+    def _read_segment(self, part, start, stop, obs_columns):
+        """One loader pass: matrix, ids and ``obs`` together."""
+        batch = self._read(start, stop)
+        obs = batch["obs"]
+        ids = np.asarray(obs.index).astype(str).astype(object)
+        return _as_csr(batch["X"]), ids, {c: column_values(obs[c]) for c in obs_columns}
 
     def describe(self) -> dict:
         """Kind, path, dataset sizes and gene key."""

@@ -5,9 +5,9 @@ opens it: ``obs`` (index: cell ids; requested columns; per-cell outputs such as 
 labels), an ``X`` of shape ``(n_cells, 0)``, arrays in ``obsm`` and the run's record in
 ``uns[UNS_KEY]``. Every array is chunked by ``block_size`` rows and each block of global
 rows ``[k * block_size, (k + 1) * block_size)`` is written by one process only, so writers
-never share a chunk. A finished block is recorded by an empty marker file created
-atomically (``os.replace``) after its data, in the hidden folder :data:`BLOCKS_DIR` of the
-store; a restarted run skips the marked blocks.
+never share a chunk. A finished block is recorded by a marker file created atomically
+(``os.replace``) after its data, in the hidden folder :data:`BLOCKS_DIR` of the store (the
+marker's text names its writer, e.g. ``rank 1``); a restarted run skips the marked blocks.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ UNS_KEY = "scvi_scgpt_atlas"
 #: Hidden folder of block markers inside the store.
 BLOCKS_DIR = ".scvi_scgpt_blocks"
 _SETTINGS_FILE = ".scvi_scgpt_settings.json"
+
+
+#: Attributes of an anndata ``dict`` element (``obsm``, ``layers``, ...).
+_DICT_ATTRS = {"encoding-type": "dict", "encoding-version": "0.1.0"}
 
 
 def _array_attrs(kind: str) -> dict:
@@ -133,7 +137,7 @@ class AtlasStore:
             X = root.create_array("X", shape=(n_obs, 0), chunks=(chunk, 1), dtype="float32")
             X.attrs.update(_array_attrs("array"))
             obsm = root.create_group("obsm")
-            obsm.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
+            obsm.attrs.update(_DICT_ATTRS)
             for name, (trailing, dtype) in arrays.items():
                 array = obsm.create_array(
                     name,
@@ -148,7 +152,7 @@ class AtlasStore:
             anndata.io.write_elem(root, "var", pd.DataFrame(index=pd.Index([], dtype=str)))
             for name in ("obsp", "varm", "varp", "layers"):
                 group = root.create_group(name)
-                group.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
+                group.attrs.update(_DICT_ATTRS)
             record = {**uns, "settings": json.dumps(dict(settings), default=str)}
             anndata.io.write_elem(root, "uns", {UNS_KEY: record})
             (tmp / BLOCKS_DIR).mkdir()

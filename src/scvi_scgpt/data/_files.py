@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scvi_scgpt.data._tokenize import _as_csr
+
 
 def is_zarr_store(path: str | Path) -> bool:
     """Whether ``path`` is a zarr store (format 2 or 3) on the local file system."""
@@ -92,8 +94,7 @@ def matrix_element(group, layer: str | None = None, *, where: str = "the file"):
 
 def read_row_range(matrix, start: int, stop: int) -> sp.csr_matrix:
     """Rows ``start:stop`` of an on-disk matrix as CSR (one contiguous read)."""
-    rows = matrix[start:stop]
-    return rows.tocsr() if sp.issparse(rows) else sp.csr_matrix(np.asarray(rows))
+    return _as_csr(matrix[start:stop])
 
 
 def _strings(values) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from scvi_scgpt.data._sources import CellSource, SourcePart
+from scvi_scgpt.data._sources import CellSource, SourcePart, column_values
 
 
 def _tiledbsoma():
@@ -154,8 +154,7 @@ class SomaSource(CellSource):
             .to_pandas()
         )
         ids = frame["soma_joinid"].to_numpy()
-        col = frame[column]
-        values = col.astype(object).to_numpy() if col.dtype == "category" else col.to_numpy()
+        values = column_values(frame[column])
         by_id = np.argsort(ids, kind="stable")
         return values[by_id][np.searchsorted(ids[by_id], joinids)]
 

@@ -33,7 +33,7 @@ from scvi_scgpt.data._files import (
     read_obs_index,
     read_row_range,
 )
-from scvi_scgpt.data._tokenize import ModalityLayout, check_expression_values
+from scvi_scgpt.data._tokenize import ModalityLayout, _as_csr, check_expression_values
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,11 @@ class RowBlock:
     modalities: ModalityLayout | None = None
 
 
+def column_values(column) -> np.ndarray:
+    """A :class:`pandas.Series` as a numpy array, categories as plain values (object)."""
+    return (column.astype(object) if column.dtype == "category" else column).to_numpy()
+
+
 class CellSource(ABC):
     """A table of cells read by blocks of rows (see the module docstring)."""
 
@@ -124,13 +129,22 @@ class CellSource(ABC):
     def obs_columns(self) -> tuple[str, ...]:
         """``obs`` columns every part has."""
 
-    @abstractmethod
     def read_rows(self, part: int, rows: np.ndarray) -> sp.csr_matrix:
-        """CSR rows (sorted row numbers within ``part``), in the part's column order."""
+        """CSR rows (sorted row numbers within ``part``), in the part's column order.
 
+        Each run of consecutive rows is one :meth:`read_range`.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return sp.csr_matrix((0, len(self.parts[part].gene_names)), dtype=np.float32)
+        runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1)
+        return sp.vstack(
+            [self.read_range(part, int(r[0]), int(r[-1]) + 1) for r in runs], format="csr"
+        )
+
+    @abstractmethod
     def read_range(self, part: int, start: int, stop: int) -> sp.csr_matrix:
-        """Rows ``start:stop`` of ``part`` (sources with contiguous storage read faster)."""
-        return self.read_rows(part, np.arange(start, stop))
+        """Rows ``start:stop`` of ``part`` as CSR."""
 
     @abstractmethod
     def cell_ids(self, part: int, start: int, stop: int) -> np.ndarray:
@@ -205,13 +219,21 @@ class CellSource(ABC):
         """The cells of ``spec``, one :class:`RowBlock` per segment (values checked)."""
         out = []
         for part, start, stop in spec.segments:
-            X = self.read_range(part, start, stop)
-            where = f"{self.parts[part].name} (rows {start}-{stop})"
-            check_expression_values(X.data, where=where)
+            X, ids, obs = self._read_segment(part, start, stop, obs_columns)
+            check_expression_values(X.data, where=f"{self.parts[part].name} (rows {start}-{stop})")
             rows = np.arange(start, stop, dtype=np.int64) + self.parts[part].offset
-            obs = {c: self.obs_values(part, c, start, stop) for c in obs_columns}
-            out.append(RowBlock(part, rows, X, self.cell_ids(part, start, stop), obs))
+            out.append(RowBlock(part, rows, X, ids, obs))
         return out
+
+    def _read_segment(
+        self, part: int, start: int, stop: int, obs_columns: Sequence[str]
+    ) -> tuple[sp.csr_matrix, np.ndarray, dict[str, np.ndarray]]:
+        """Matrix, cell ids and ``obs`` columns of rows ``start:stop`` of ``part``.
+
+        Sources that read all three in one pass override this.
+        """
+        obs = {c: self.obs_values(part, c, start, stop) for c in obs_columns}
+        return self.read_range(part, start, stop), self.cell_ids(part, start, stop), obs
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -268,8 +290,7 @@ class InMemorySource(CellSource):
 
     def read_rows(self, part: int, rows: np.ndarray) -> sp.csr_matrix:
         """Rows of the matrix as CSR."""
-        block = self.matrix[rows]
-        return block.tocsr() if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
+        return _as_csr(self.matrix[rows])
 
     def read_range(self, part: int, start: int, stop: int) -> sp.csr_matrix:
         """Rows ``start:stop`` as CSR."""
@@ -281,8 +302,7 @@ class InMemorySource(CellSource):
 
     def obs_values(self, part: int, column: str, start: int, stop: int) -> np.ndarray:
         """A column of the ``obs`` table."""
-        values = self.obs[column].iloc[start:stop]
-        return np.asarray(values.astype(object) if values.dtype == "category" else values)
+        return column_values(self.obs[column].iloc[start:stop])
 
     def read_block(self, spec: BlockSpec, obs_columns: Sequence[str] = ()) -> list[RowBlock]:
         """As :meth:`CellSource.read_block`, with the multi-omic layout of the rows."""
@@ -373,17 +393,6 @@ class AnnDataFileSource(CellSource):
             matrix = matrix_element(group, self.layer, where=repr(str(self.paths[part])))
             self._handles[part] = (group, matrix)
         return self._handles[part]
-
-    def read_rows(self, part: int, rows: np.ndarray) -> sp.csr_matrix:
-        """Rows of one file: contiguous runs read one range each."""
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) == 0:
-            return sp.csr_matrix((0, len(self.parts[part].gene_names)), dtype=np.float32)
-        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-        runs = np.split(rows, breaks)
-        return sp.vstack(
-            [self.read_range(part, int(r[0]), int(r[-1]) + 1) for r in runs], format="csr"
-        )
 
     def read_range(self, part: int, start: int, stop: int) -> sp.csr_matrix:
         """Rows ``start:stop`` of one file (one contiguous read)."""

@@ -183,7 +183,7 @@ class StreamingAnnDataModule(LightningDataModule):
         )
 
     def _stream(self, files, options, block_size, shuffle, seed) -> AnnDataFileStream:
-        source = open_source(files if not isinstance(files, tuple) else list(files), **options)
+        source = open_source(files, **options)
         ids = []
         for part in source.parts:
             match = match_genes(part.gene_names, self.vocab, source=part.name)

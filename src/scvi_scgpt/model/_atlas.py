@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from anndata import AnnData
@@ -167,8 +168,11 @@ class AtlasMixin:
         blocks = cell_source.blocks(block_size)
 
         def create_store() -> None:
-            first = cell_source.read_block(blocks[0], obs_columns)[0]
-            columns = {c: _column_dtype(first.obs[c]) for c in obs_columns}
+            # dtypes from the first block's obs values (its matrix is not read here)
+            part, start, stop = blocks[0].segments[0]
+            columns = {
+                c: _column_dtype(cell_source.obs_values(part, c, start, stop)) for c in obs_columns
+            }
             if part_column:
                 columns[part_column] = "str"
             if labels_key_added:
@@ -322,13 +326,12 @@ class AtlasMixin:
             return source.batch_codes[seg.rows]
         if batch_key is None:
             return np.zeros(len(seg.rows), dtype=np.int64)
-        values = seg.obs[batch_key]
+        values = np.asarray(seg.obs[batch_key]).astype(str)
         mapping = self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
         categories = np.asarray(mapping.categorical_mapping).astype(str)
-        lookup = {c: i for i, c in enumerate(categories)}
-        codes = np.array([lookup.get(str(v), -1) for v in values], dtype=np.int64)
+        codes = pd.Categorical(values, categories=categories).codes.astype(np.int64)
         if (codes < 0).any():
-            unknown = sorted({str(v) for v, c in zip(values, codes) if c < 0})[:5]
+            unknown = sorted(set(values[codes < 0]))[:5]
             raise ValueError(
                 f"obs[{batch_key!r}] has batches the model was not trained on ({unknown}); "
                 f"known: {list(categories)[:10]}. Map the query with load_query_data first."
