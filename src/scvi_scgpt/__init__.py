@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
-from scvi_scgpt import data, dataloaders, datasets, model, module, nn, pl, tl, train
+from scvi_scgpt import data, dataloaders, datasets, hub, model, module, nn, pl, tl, train
 from scvi_scgpt._exceptions import CheckpointError
 from scvi_scgpt.data import GeneVocab, TokenizerConfig, bin_expression, tokenize_cells
 from scvi_scgpt.model import SCGPT
@@ -41,6 +41,7 @@ __all__ = [
     "bin_expression",
     "data",
     "dataloaders",
+    "hub",
     "datasets",
     "model",
     "module",

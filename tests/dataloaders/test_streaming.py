@@ -14,7 +14,7 @@ import torch
 
 from scvi_scgpt import SCGPT, GeneVocab
 from scvi_scgpt.data import StreamingAnnDataModule
-from tests._builders import make_structured_counts, write_soma
+from tests._builders import make_structured_counts, write_annbatch_collection, write_soma
 
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
 
@@ -211,5 +211,29 @@ def test_training_streams_from_a_soma_experiment(tmp_path):
         warnings.simplefilter("ignore")
         model.train("gep", datamodule=dm, max_epochs=2, lr=2e-3, **QUIET)
     assert len(model.history_["train_loss"]) == 2
+    assert np.isfinite(model.history_["train_loss"].to_numpy(dtype=float)).all()
+    assert not torch.equal(before, model.module.encoder.embedding.weight.detach())
+
+
+def test_training_streams_from_an_annbatch_collection(tmp_path):
+    """A collection written for scvi-tools' ``setup_annbatch`` trains SCGPT (Python >= 3.12)."""
+    adata = make_structured_counts(120, seed=6)
+    adata[:70].write_h5ad(tmp_path / "a.h5ad")
+    adata[70:].write_h5ad(tmp_path / "b.h5ad")
+    collection = write_annbatch_collection([tmp_path / "a.h5ad", tmp_path / "b.h5ad"],
+                                           tmp_path / "c.zarr")  # fmt: skip
+    vocab = GeneVocab.from_genes(adata.var_names)
+    dm = StreamingAnnDataModule(collection, vocab, batch_size=16, block_size=32)
+    assert dm.n_obs == adata.n_obs
+    # every cell once per epoch, whatever order annbatch wrote them in
+    assert sorted(_cells(dm.train_stream, 0).tolist()) == list(range(adata.n_obs))
+    example = dm.example_adata()
+    SCGPT.setup_anndata(example)
+    model = SCGPT(example, vocab=vocab, max_seq_len=64, d_model=16, n_heads=2, d_hid=16,
+                  n_layers=1, dropout=0.0)  # fmt: skip
+    before = model.module.encoder.embedding.weight.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train("gep", datamodule=dm, max_epochs=2, lr=2e-3, **QUIET)
     assert np.isfinite(model.history_["train_loss"].to_numpy(dtype=float)).all()
     assert not torch.equal(before, model.module.encoder.embedding.weight.detach())

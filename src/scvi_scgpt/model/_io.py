@@ -53,11 +53,17 @@ class IOMixin:
         accelerator: str = "auto",
         device: int | str = "auto",
         inherit: Literal["all", "gene_embeddings"] = "all",
+        registry: str | Path | dict | None = None,
+        progress_bar: bool = True,
         **overrides,
     ):
-        """Load an official scGPT model directory.
+        """Load an official scGPT model directory, or a pretrained model by name.
 
-        The directory holds ``args.json``, ``vocab.json`` and ``best_model.pt``.
+        The directory holds ``args.json``, ``vocab.json`` and ``best_model.pt``. A name
+        (``"whole_human"``, ``"scGPT_human"``, ``"continual_pretrained"``, ``"blood"``, ...;
+        :func:`scvi_scgpt.hub.list_pretrained_models`) is downloaded once into the cache
+        (``SCVI_SCGPT_CACHE``), verified by sha256 and loaded from there
+        (``docs/pretrained_models.md``).
 
         The architecture is read from the weights (sizes, which heads exist) and
         ``args.json`` (heads count, styles). Flash-attn layouts (``self_attn.Wqkv.*``,
@@ -69,7 +75,8 @@ class IOMixin:
         Parameters
         ----------
         model_dir
-            Official model directory.
+            Official model directory, or a registered model name or alias (used when no
+            directory of that name exists).
         adata
             AnnData set up with :meth:`setup_anndata`, or a MuData set up with
             :meth:`setup_mudata`: its proteins and peaks become new tokens (new rows of the
@@ -93,6 +100,12 @@ class IOMixin:
             embedding rows and ``encoder.enc_norm.weight`` are kept and everything else is
             freshly initialised (seeded by ``seed``), as the official multi-omic tutorial
             starts from the whole-human model (the depth stays the checkpoint's).
+        registry
+            Extra model registry (a JSON file or dict; schema in
+            ``docs/pretrained_models.md``), on top of the built-in one and
+            ``SCVI_SCGPT_REGISTRY``.
+        progress_bar
+            Show download progress (names only).
         **overrides
             Architecture options overriding the checkpoint's (e.g. ``n_cls=8`` adds a fresh
             classifier head; ``dropout``).
@@ -105,7 +118,13 @@ class IOMixin:
             raise ValueError(f"inherit must be 'all' or 'gene_embeddings', got {inherit!r}.")
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
-            raise FileNotFoundError(f"Model directory {str(model_dir)!r} does not exist.")
+            if model_dir.exists() or len(model_dir.parts) > 1:
+                raise FileNotFoundError(f"Model directory {str(model_dir)!r} does not exist.")
+            from scvi_scgpt.hub import fetch_pretrained
+
+            model_dir = fetch_pretrained(
+                str(model_dir), registry=registry, progress_bar=progress_bar
+            )
         vocab_path = model_dir / _VOCAB_FILE
         if not vocab_path.is_file():
             raise FileNotFoundError(f"{str(model_dir)!r} has no {_VOCAB_FILE}.")

@@ -6,10 +6,9 @@ import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from scvi import REGISTRY_KEYS
 
-from scvi_scgpt._constants import TOKEN_KEYS
+from scvi_scgpt.model._batchnorm import refresh_domain_statistics
 from scvi_scgpt.model._checkpoint import load_into_module
 from scvi_scgpt.model._multiomic import KEEP_VOCAB, is_mudata
 from scvi_scgpt.module import PER_BATCH_ROWS
@@ -95,46 +94,9 @@ class ReferenceMappingMixin:
         n_ref = ref.architecture.n_batch
         if uses_batches and adapt_batchnorm and hasattr(model.module, "dsbn"):
             new_domains = list(range(n_ref, model.architecture.n_batch))
-            model._estimate_domain_statistics(new_domains, batch_size)
+            refresh_domain_statistics(model, new_domains, batch_size)
         model.module.eval()
         return model
-
-    @torch.no_grad()
-    def _estimate_domain_statistics(self, domains: list[int], batch_size: int) -> None:
-        """Running mean/variance of new DSBN domains from this model's AnnData."""
-        if not domains:
-            return
-        codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
-        module = self.module
-        module.eval()
-
-        def update_statistics(t, _positions):
-            # DSBN normalises each token with its cell's batch: in train mode, the one domain
-            # of these cells updates its running statistics
-            module.embed_inputs(
-                t[TOKEN_KEYS.GENE_IDS],
-                t[TOKEN_KEYS.VALUES],
-                t[TOKEN_KEYS.PADDING_MASK],
-                t.get(TOKEN_KEYS.BATCH),
-            )
-
-        for d in domains:
-            cells = np.flatnonzero(codes == d)
-            if len(cells) == 0:
-                continue
-            bn = module.dsbn.bns[d]
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative average over all query cells
-            module.dsbn.training = True  # statistics of real tokens only (the other bns stay)
-            bn.train()
-            for _ in self._run_batches(
-                self.adata, cells, update_statistics, batch_size=batch_size, progress_bar=False
-            ):
-                pass
-            bn.momentum = 0.1
-            bn.eval()
-            module.dsbn.training = False
-            logger.info("Estimated DSBN statistics of new batch %d from %d cells.", d, len(cells))
 
     def transfer_labels(
         self,

@@ -17,6 +17,7 @@ from scvi.train import TrainRunner
 
 from scvi_scgpt.data import TokenizerConfig
 from scvi_scgpt.dataloaders import COLLATORS, CellRowsDataModule
+from scvi_scgpt.model._batchnorm import refresh_domain_statistics
 from scvi_scgpt.model._checkpoint import load_into_module
 from scvi_scgpt.model._scvi_compat import use_distributed_sampler
 from scvi_scgpt.model._training_defaults import (
@@ -140,7 +141,11 @@ class TrainingMixin:
 
         Heads the task needs and the model lacks (a pretrained checkpoint has no classifier,
         say) are added, freshly initialised; all other weights are kept. DSBN normalises each
-        cell with its own batch's statistics, so minibatches may mix batches.
+        cell with its own batch's statistics, so minibatches may mix batches. At the end of
+        training (in memory, after the best epoch is restored) each batch's DSBN statistics
+        are recomputed from its training cells with the final weights: the momentum averages
+        kept during training describe earlier weights, and new batches mapped later
+        (:meth:`load_query_data`) are estimated the same way as these.
 
         Parameters
         ----------
@@ -357,9 +362,15 @@ class TrainingMixin:
             "hyperparameters": values,
         }
         result = runner()
+        if keeper is not None and keeper.restore:
+            self.training_task_["best_epoch"] = record_best_epoch(self, keeper)
+        if datamodule is None and self.architecture.domain_spec_batchnorm:
+            # the momentum averages of training describe earlier weights (docs: train)
+            train_idx = getattr(data_splitter, "train_idx", None)
+            refresh_domain_statistics(
+                self, list(range(self.architecture.n_batch)), values["batch_size"], train_idx
+            )
         if keeper is not None:
-            if keeper.restore:
-                self.training_task_["best_epoch"] = record_best_epoch(self, keeper)
             in_ddp = "ddp" in str(trainer_kwargs.get("strategy", ""))
             if datamodule is None and not in_ddp:
                 val_idx = getattr(data_splitter, "val_idx", None)
