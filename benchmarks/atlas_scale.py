@@ -103,7 +103,7 @@ def make_atlas(n_cells: int, folder: Path, seed: int, *, zarr: bool, piece: int 
 def _model_dir(args, folder: Path) -> Path:
     """A random model of ``SMALL`` shape saved once (``SCGPT.save``)."""
     out = folder / "model_small"
-    if not (out / "model.pt").exists():
+    if not (out / "scvi_scgpt.json").exists():
         import anndata as ad
 
         from scvi_scgpt import SCGPT

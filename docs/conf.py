@@ -136,3 +136,4 @@ def setup(app):
     app.connect("builder-inited", _check_api_packages)
     app.connect("autodoc-skip-member", _skip_foreign_member)
     app.connect("autodoc-process-docstring", _builtin_docstring)
+html_static_path = ["_static"]

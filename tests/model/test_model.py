@@ -116,6 +116,22 @@ def test_save_load_roundtrip_exact(tmp_path, official_dir, official_cells):
     assert loaded.checkpoint_audit_.loaded == model.checkpoint_audit_.loaded
     from_h5ad = SCGPT.load(tmp_path / "saved")
     np.testing.assert_array_equal(from_h5ad.get_latent_representation(), emb)
+    assert (tmp_path / "saved" / "model.safetensors").is_file()  # the default format
+    assert not (tmp_path / "saved" / "model.pt").exists()
+
+
+def test_save_weights_format_pt_and_overwrite(tmp_path, official_dir, official_cells):
+    model = _pretrained(official_dir, official_cells)
+    emb = model.get_latent_representation()
+    model.save(tmp_path / "saved", weights_format="pt")
+    assert (tmp_path / "saved" / "model.pt").is_file()
+    loaded = SCGPT.load(tmp_path / "saved", official_cells.copy())
+    np.testing.assert_array_equal(loaded.get_latent_representation(), emb)
+    model.save(tmp_path / "saved", overwrite=True)  # one weights file, never two
+    names = {p.name for p in (tmp_path / "saved").iterdir()}
+    assert "model.safetensors" in names and "model.pt" not in names
+    with pytest.raises(ValueError, match="weights_format"):
+        model.save(tmp_path / "other", weights_format="pickle")
 
 
 def test_save_pretrained_is_official_format(tmp_path, official_dir, official_cells):

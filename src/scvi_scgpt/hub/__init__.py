@@ -14,6 +14,12 @@ from scvi_scgpt.hub._download import (
     is_offline,
     list_pretrained_models,
 )
+from scvi_scgpt.hub._huggingface import (
+    load_hub_folder,
+    pull_from_huggingface_hub,
+    push_to_huggingface_hub,
+    write_hub_folder,
+)
 from scvi_scgpt.hub._registry import (
     REGISTRY_ENV,
     ModelFile,
@@ -33,6 +39,10 @@ __all__ = [
     "file_sha256",
     "is_offline",
     "list_pretrained_models",
+    "load_hub_folder",
     "load_registry",
+    "pull_from_huggingface_hub",
+    "push_to_huggingface_hub",
     "resolve_model_name",
+    "write_hub_folder",
 ]

@@ -32,6 +32,7 @@ from scvi_scgpt.module import infer_architecture, official_args, to_torch_layout
 logger = logging.getLogger(__name__)
 
 _MODEL_FILE = "model.pt"
+_SAFETENSORS_FILE = "model.safetensors"
 _META_FILE = "scvi_scgpt.json"
 _VOCAB_FILE = "vocab.json"
 _FORMAT_VERSION = 1
@@ -253,17 +254,25 @@ class IOMixin:
         prefix: str | None = None,
         overwrite: bool = False,
         save_anndata: bool = False,
+        weights_format: Literal["safetensors", "pt"] = "safetensors",
         **anndata_write_kwargs,
     ) -> None:
         """Save the model to ``dir_path`` without pickle.
 
-        Writes ``model.pt`` (state dict, read back with ``weights_only=True``), ``vocab.json``
-        and ``scvi_scgpt.json`` (settings, scvi-tools registry, training history), plus
+        Writes the weights (``model.safetensors``; ``model.pt``, a state dict read back with
+        ``torch.load(weights_only=True)``, with ``weights_format="pt"``), ``vocab.json`` and
+        ``scvi_scgpt.json`` (settings, scvi-tools registry, training history), plus
         ``adata.h5ad`` (``adata.h5mu`` for a MuData) with ``save_anndata``. :meth:`load`
-        restores an identical model.
+        restores an identical model from either weights format.
         """
+        if weights_format not in ("safetensors", "pt"):
+            raise ValueError(
+                f"weights_format must be 'safetensors' or 'pt', got {weights_format!r}."
+            )
         prefix = prefix or ""
-        dir_path = self._prepare_dir(dir_path, overwrite, (prefix + _MODEL_FILE,))
+        dir_path = self._prepare_dir(
+            dir_path, overwrite, (prefix + _MODEL_FILE, prefix + _SAFETENSORS_FILE)
+        )
         init = self.init_params_
         non_kwargs = {k: v for k, v in init["non_kwargs"].items() if k != "vocab"}
         meta = {
@@ -286,7 +295,15 @@ class IOMixin:
             json.dumps(to_jsonable(meta)), encoding="utf-8"
         )
         self.vocab_.save(dir_path / (prefix + _VOCAB_FILE))
-        torch.save(self.module.state_dict(), dir_path / (prefix + _MODEL_FILE))
+        state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+        for stale in (_MODEL_FILE, _SAFETENSORS_FILE):  # never two weights files (overwrite)
+            (dir_path / (prefix + stale)).unlink(missing_ok=True)
+        if weights_format == "safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, str(dir_path / (prefix + _SAFETENSORS_FILE)))
+        else:
+            torch.save(state, dir_path / (prefix + _MODEL_FILE))
         if save_anndata and is_mudata(self.adata):
             self.adata.write_h5mu(dir_path / (prefix + "adata.h5mu"), **anndata_write_kwargs)
         elif save_anndata:
@@ -356,7 +373,10 @@ class IOMixin:
             setattr(model, attr, value)
         if "checkpoint_audit" in meta:
             model.checkpoint_audit_ = CheckpointAudit(**meta["checkpoint_audit"])
-        state = read_state_dict(dir_path / (prefix + _MODEL_FILE))
+        weights = dir_path / (prefix + _SAFETENSORS_FILE)
+        if not weights.is_file():
+            weights = dir_path / (prefix + _MODEL_FILE)  # weights_format="pt" or older saves
+        state = read_state_dict(weights)
         load_into_module(model.module, state, strict=True)
         missing = [k for k in model.module.state_dict() if k not in state]
         if missing:

@@ -31,6 +31,7 @@ from scvi_scgpt.model._checkpoint import CheckpointAudit
 from scvi_scgpt.model._embedding import EmbeddingMixin
 from scvi_scgpt.model._fields import GeneExpressionField
 from scvi_scgpt.model._generation import GenerationMixin
+from scvi_scgpt.model._hub import HubMixin
 from scvi_scgpt.model._io import IOMixin
 from scvi_scgpt.model._mapping import ReferenceMappingMixin
 from scvi_scgpt.model._multiomic import MultiOmicMixin, is_mudata
@@ -52,6 +53,7 @@ class SCGPT(
     GeneNetworkMixin,
     PerturbationMixin,
     TrainingMixin,
+    HubMixin,
     IOMixin,
     BaseMixin,
     BaseModelClass,
