@@ -10,6 +10,7 @@ import anndata
 
 from scvi_scgpt.datasets._gears import read_gears
 from scvi_scgpt.datasets._simulate import simulate_perturbseq
+from scvi_scgpt.datasets._simulate_atlas import simulate_atlas
 
 if TYPE_CHECKING:
     import mudata
@@ -43,4 +44,10 @@ def cite_pbmc_2batch() -> mudata.MuData:
         return mudata.read_h5mu(path)
 
 
-__all__ = ["cite_pbmc_2batch", "pbmc68k_700", "read_gears", "simulate_perturbseq"]
+__all__ = [
+    "cite_pbmc_2batch",
+    "pbmc68k_700",
+    "read_gears",
+    "simulate_atlas",
+    "simulate_perturbseq",
+]

@@ -49,6 +49,25 @@ def _grn(rng: np.random.Generator, n_genes: int, n_reg: int, n_master: int, act:
     return frame
 
 
+def _sample_counts(
+    rng: np.random.Generator,
+    weights: np.ndarray,
+    library_size: float,
+    library_size_sd: float,
+    dispersion: float,
+    dropout: float,
+) -> sp.csr_matrix:
+    """Negative binomial counts around ``library_c * weights`` with mean-dependent dropout."""
+    n_cells = weights.shape[0]
+    libs = library_size * rng.lognormal(0.0, float(library_size_sd), size=(n_cells, 1))
+    mean = libs * weights
+    lam = rng.gamma(float(dispersion), mean / float(dispersion))
+    counts = rng.poisson(lam)
+    drop = rng.random(counts.shape) < dropout / (1.0 + mean)
+    counts[drop] = 0
+    return sp.csr_matrix(counts.astype(np.float32))
+
+
 def _activities(
     rng: np.random.Generator,
     edges: pd.DataFrame,
@@ -227,13 +246,8 @@ def simulate_perturbseq(
         if scale is None:  # the control cells come first and fix the mRNA scale
             scale = float(weights.sum(1).mean())
         weights /= scale
-        libs = library_size * rng.lognormal(0.0, float(library_size_sd), size=(n_cells, 1))
-        mean = libs * weights
-        lam = rng.gamma(float(dispersion), mean / float(dispersion))
-        counts = rng.poisson(lam)
-        drop = rng.random(counts.shape) < dropout / (1.0 + mean)
-        counts[drop] = 0
-        blocks.append(sp.csr_matrix(counts.astype(np.float32)))
+        counts = _sample_counts(rng, weights, library_size, library_size_sd, dispersion, dropout)
+        blocks.append(counts)
         condition = format_condition(genes)
         dose = "1" if not genes else "1+1"
         for t in types:
