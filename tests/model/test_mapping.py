@@ -89,3 +89,26 @@ def test_reference_cells_as_a_new_batch_embed_as_themselves(reference_model):
 def test_transfer_labels_errors(reference_model):
     with pytest.raises(KeyError, match="labels_key"):
         reference_model.transfer_labels(reference_model.adata, labels_key="nope")
+
+
+def test_refresh_batch_statistics_can_be_turned_off():
+    import torch
+
+    from scvi_scgpt.model._batchnorm import refresh_domain_statistics
+
+    means = {}
+    for refresh in (False, True):
+        scvi.settings.seed = 0
+        adata = make_structured_counts(120, n_batches=2, seed=1)
+        SCGPT.setup_anndata(adata, batch_key="batch")
+        model = SCGPT(adata, max_seq_len=128, **TINY)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.train("integration", max_epochs=1, n_top_genes=60, batch_size=32, lr=1e-3,
+                        train_size=1.0, refresh_batch_statistics=refresh, **QUIET)  # fmt: skip
+        means[refresh] = model.module.dsbn.bns[0].running_mean.clone()
+        if not refresh:  # the momentum averages were kept; refreshing now gives train's result
+            refresh_domain_statistics(model, [0, 1], 32)
+            means["by_hand"] = model.module.dsbn.bns[0].running_mean.clone()
+    assert not torch.allclose(means[False], means[True])
+    torch.testing.assert_close(means["by_hand"], means[True])

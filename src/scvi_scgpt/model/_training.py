@@ -114,6 +114,7 @@ class TrainingMixin:
         datasplitter_kwargs: dict | None = None,
         plan_kwargs: dict | None = None,
         compile: bool = False,
+        refresh_batch_statistics: bool = True,
         **trainer_kwargs,
     ):
         """Fine-tune (or train from scratch) with the scGPT objectives.
@@ -141,11 +142,7 @@ class TrainingMixin:
 
         Heads the task needs and the model lacks (a pretrained checkpoint has no classifier,
         say) are added, freshly initialised; all other weights are kept. DSBN normalises each
-        cell with its own batch's statistics, so minibatches may mix batches. At the end of
-        training (in memory, after the best epoch is restored) each batch's DSBN statistics
-        are recomputed from its training cells with the final weights: the momentum averages
-        kept during training describe earlier weights, and new batches mapped later
-        (:meth:`load_query_data`) are estimated the same way as these.
+        cell with its own batch's statistics, so minibatches may mix batches.
 
         Parameters
         ----------
@@ -202,6 +199,12 @@ class TrainingMixin:
         compile
             ``torch.compile`` the layers' residual / LayerNorm / feed-forward blocks for the
             run (opt-in; see ``docs/performance.md``).
+        refresh_batch_statistics
+            End training (in memory, after the best epoch is restored) by recomputing each
+            batch's DSBN statistics from its training cells with the final weights; the
+            momentum averages kept while training describe earlier weights, while new batches
+            mapped by :meth:`load_query_data` are estimated fresh. Measured in
+            ``docs/training.md``: better mapping, less batch mixing.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` / Lightning (``precision="bf16-mixed"``,
             ``strategy``, ``num_nodes``, ``callbacks``, ...).
@@ -364,8 +367,11 @@ class TrainingMixin:
         result = runner()
         if keeper is not None and keeper.restore:
             self.training_task_["best_epoch"] = record_best_epoch(self, keeper)
-        if datamodule is None and self.architecture.domain_spec_batchnorm:
-            # the momentum averages of training describe earlier weights (docs: train)
+        if (
+            refresh_batch_statistics
+            and datamodule is None
+            and self.architecture.domain_spec_batchnorm
+        ):
             train_idx = getattr(data_splitter, "train_idx", None)
             refresh_domain_statistics(
                 self, list(range(self.architecture.n_batch)), values["batch_size"], train_idx
