@@ -186,6 +186,21 @@ def test_two_process_ddp_pretraining_disjoint_cells(files, tmp_path):
     np.testing.assert_array_equal(w0, w1)
 
 
+def _train_tiny_model(dm, vocab):
+    """Train a tiny model on ``dm`` for 2 epochs; its losses are finite and its weights move."""
+    example = dm.example_adata()
+    SCGPT.setup_anndata(example)
+    model = SCGPT(example, vocab=vocab, max_seq_len=64, d_model=16, n_heads=2, d_hid=16,
+                  n_layers=1, dropout=0.0)  # fmt: skip
+    before = model.module.encoder.embedding.weight.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train("gep", datamodule=dm, max_epochs=2, lr=2e-3, **QUIET)
+    assert np.isfinite(model.history_["train_loss"].to_numpy(dtype=float)).all()
+    assert not torch.equal(before, model.module.encoder.embedding.weight.detach())
+    return model
+
+
 def test_training_streams_from_a_soma_experiment(tmp_path):
     """The atlas sources feed training too: a TileDB-SOMA experiment with a value filter."""
     adata = make_structured_counts(150, seed=4)
@@ -201,18 +216,9 @@ def test_training_streams_from_a_soma_experiment(tmp_path):
     chosen = int((adata.obs["cell_type"] != "type0").sum())
     assert dm.n_obs == chosen
     assert sorted(_cells(dm.train_stream, 0).tolist()) == list(range(chosen))
-    example = dm.example_adata()
-    assert list(example.var_names) == list(adata.var_names)
-    SCGPT.setup_anndata(example)
-    model = SCGPT(example, vocab=vocab, max_seq_len=64, d_model=16, n_heads=2, d_hid=16,
-                  n_layers=1, dropout=0.0)  # fmt: skip
-    before = model.module.encoder.embedding.weight.detach().clone()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.train("gep", datamodule=dm, max_epochs=2, lr=2e-3, **QUIET)
+    assert list(dm.example_adata().var_names) == list(adata.var_names)
+    model = _train_tiny_model(dm, vocab)
     assert len(model.history_["train_loss"]) == 2
-    assert np.isfinite(model.history_["train_loss"].to_numpy(dtype=float)).all()
-    assert not torch.equal(before, model.module.encoder.embedding.weight.detach())
 
 
 def test_training_streams_from_an_annbatch_collection(tmp_path):
@@ -227,13 +233,4 @@ def test_training_streams_from_an_annbatch_collection(tmp_path):
     assert dm.n_obs == adata.n_obs
     # every cell once per epoch, whatever order annbatch wrote them in
     assert sorted(_cells(dm.train_stream, 0).tolist()) == list(range(adata.n_obs))
-    example = dm.example_adata()
-    SCGPT.setup_anndata(example)
-    model = SCGPT(example, vocab=vocab, max_seq_len=64, d_model=16, n_heads=2, d_hid=16,
-                  n_layers=1, dropout=0.0)  # fmt: skip
-    before = model.module.encoder.embedding.weight.detach().clone()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.train("gep", datamodule=dm, max_epochs=2, lr=2e-3, **QUIET)
-    assert np.isfinite(model.history_["train_loss"].to_numpy(dtype=float)).all()
-    assert not torch.equal(before, model.module.encoder.embedding.weight.detach())
+    _train_tiny_model(dm, vocab)

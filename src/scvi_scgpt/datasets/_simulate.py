@@ -49,6 +49,31 @@ def _grn(rng: np.random.Generator, n_genes: int, n_reg: int, n_master: int, act:
     return frame
 
 
+def _n_masters(n_master_regulators: int | None, n_reg: int) -> int:
+    """Master regulators: the given number, or a quarter of the regulators (at least one)."""
+    n_master = max(1, n_reg // 4) if n_master_regulators is None else int(n_master_regulators)
+    if not 1 <= n_master <= n_reg:
+        raise ValueError(f"n_master_regulators={n_master} must be between 1 and {n_reg}.")
+    return n_master
+
+
+def _gene_names(gene_names: Sequence[str] | None, n_genes: int, default: list[str]) -> list[str]:
+    """The user's ``n_genes`` unique names, or ``default``."""
+    if gene_names is None:
+        return default
+    names = [str(g) for g in gene_names]
+    if len(names) != n_genes or len(set(names)) != n_genes:
+        raise ValueError(f"gene_names must be {n_genes} unique names.")
+    return names
+
+
+def _strongest_edges(edges: pd.DataFrame) -> pd.DataFrame:
+    """Each target's strongest incoming edge (its regulon / programme)."""
+    return edges.loc[
+        edges.assign(a=edges["weight"].abs()).groupby("target_idx")["a"].idxmax().to_numpy()
+    ]
+
+
 def _sample_counts(
     rng: np.random.Generator,
     weights: np.ndarray,
@@ -190,23 +215,15 @@ def simulate_perturbseq(
     n_genes, n_reg = int(n_genes), int(n_regulators)
     if not 1 <= n_reg < n_genes:
         raise ValueError(f"n_regulators={n_reg} must be between 1 and n_genes - 1 ({n_genes}).")
-    n_master = max(1, n_reg // 4) if n_master_regulators is None else int(n_master_regulators)
-    if not 1 <= n_master <= n_reg:
-        raise ValueError(f"n_master_regulators={n_master} must be between 1 and {n_reg}.")
+    n_master = _n_masters(n_master_regulators, n_reg)
     if not 0 < knockdown < 1:
         raise ValueError(f"knockdown={knockdown} must be in (0, 1).")
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout={dropout} must be in [0, 1).")
     if n_cell_types < 1 or n_control_cells < 1 or cells_per_perturbation < 1:
         raise ValueError("n_cell_types, n_control_cells and cells_per_perturbation must be >= 1.")
-    if gene_names is None:
-        names = [f"TF{i:02d}" for i in range(n_reg)] + [
-            f"G{i:03d}" for i in range(n_genes - n_reg)
-        ]
-    else:
-        names = [str(g) for g in gene_names]
-        if len(names) != n_genes or len(set(names)) != n_genes:
-            raise ValueError(f"gene_names must be {n_genes} unique names.")
+    default = [f"TF{i:02d}" for i in range(n_reg)] + [f"G{i:03d}" for i in range(n_genes - n_reg)]
+    names = _gene_names(gene_names, n_genes, default)
     position = {g: i for i, g in enumerate(names)}
     singles = list(names[:n_reg]) if perturbed_genes is None else [str(g) for g in perturbed_genes]
     unknown = [g for g in singles if g not in position]
@@ -261,9 +278,7 @@ def simulate_perturbseq(
     obs = obs[["condition", "cell_type", "condition_name", "dose_val", "control"]]
     obs.index = [f"cell{i}" for i in range(len(obs))]
 
-    strongest = edges.loc[
-        edges.assign(a=edges["weight"].abs()).groupby("target_idx")["a"].idxmax().to_numpy()
-    ]
+    strongest = _strongest_edges(edges)
     regulon = pd.Series(pd.NA, index=names, dtype=object)
     regulon.iloc[strongest["target_idx"].to_numpy()] = strongest["source"].to_numpy()
     var = pd.DataFrame(

@@ -16,7 +16,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from scvi_scgpt.datasets._simulate import _activities, _grn, _sample_counts
+from scvi_scgpt.datasets._simulate import (
+    _activities,
+    _gene_names,
+    _grn,
+    _n_masters,
+    _sample_counts,
+    _strongest_edges,
+)
 
 _CHUNK = 4096  # cells generated at a time (bounds memory for large atlases)
 
@@ -101,23 +108,17 @@ def simulate_atlas(
         raise ValueError(
             f"Need 1 <= n_regulators ({n_reg}) < n_grn_genes ({n_grn}) <= n_genes ({n_genes})."
         )
-    n_master = max(1, n_reg // 4) if n_master_regulators is None else int(n_master_regulators)
-    if not 1 <= n_master <= n_reg:
-        raise ValueError(f"n_master_regulators={n_master} must be between 1 and {n_reg}.")
+    n_master = _n_masters(n_master_regulators, n_reg)
     if n_cells < 1 or n_cell_types < 1:
         raise ValueError("n_cells and n_cell_types must be >= 1.")
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout={dropout} must be in [0, 1).")
-    if gene_names is None:
-        names = (
-            [f"TF{i:02d}" for i in range(n_reg)]
-            + [f"G{i:04d}" for i in range(n_grn - n_reg)]
-            + [f"B{i:04d}" for i in range(n_genes - n_grn)]
-        )
-    else:
-        names = [str(g) for g in gene_names]
-        if len(names) != n_genes or len(set(names)) != n_genes:
-            raise ValueError(f"gene_names must be {n_genes} unique names.")
+    default = (
+        [f"TF{i:02d}" for i in range(n_reg)]
+        + [f"G{i:04d}" for i in range(n_grn - n_reg)]
+        + [f"B{i:04d}" for i in range(n_genes - n_grn)]
+    )
+    names = _gene_names(gene_names, n_genes, default)
     edges = _grn(rng, n_grn, n_reg, n_master, float(activation_fraction), names[:n_grn])
     base = rng.lognormal(0.0, 1.0, size=n_genes)
     base /= base.sum()
@@ -141,9 +142,7 @@ def simulate_atlas(
         blocks.append(counts)
         libraries.append(np.asarray(counts.sum(1)).ravel())
 
-    strongest = edges.loc[
-        edges.assign(a=edges["weight"].abs()).groupby("target_idx")["a"].idxmax().to_numpy()
-    ]
+    strongest = _strongest_edges(edges)
     programme = pd.Series(pd.NA, index=names, dtype=object)
     is_target = strongest["target_idx"].to_numpy() >= n_reg
     programme.iloc[strongest["target_idx"].to_numpy()[is_target]] = strongest["source"].to_numpy()[

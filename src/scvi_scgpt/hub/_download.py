@@ -8,7 +8,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from scvi_scgpt.hub._registry import RegistryEntry, resolve_model_name
+from scvi_scgpt.hub._registry import RegistryEntry, load_registry, resolve_model_name
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +188,6 @@ def list_pretrained_models(registry: str | Path | dict | None = None):
     ``downloadable`` (every file has a URL), ``cached`` (every file is in the cache).
     """
     import pandas as pd
-
-    from scvi_scgpt.hub._registry import load_registry
 
     rows = {}
     for name, entry in load_registry(registry).items():

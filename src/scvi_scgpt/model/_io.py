@@ -235,8 +235,12 @@ class IOMixin:
         )
         (dir_path / "args.json").write_text(json.dumps(args, indent=2), encoding="utf-8")
         self.vocab_.save(dir_path / _VOCAB_FILE)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+        state = self._cpu_state_dict()
         torch.save(state, dir_path / "best_model.pt")
+
+    def _cpu_state_dict(self) -> dict:
+        """The module's tensors, detached, on the CPU and contiguous (as files store them)."""
+        return {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
 
     @staticmethod
     def _prepare_dir(dir_path, overwrite: bool, files: Sequence[str]) -> Path:
@@ -295,7 +299,7 @@ class IOMixin:
             json.dumps(to_jsonable(meta)), encoding="utf-8"
         )
         self.vocab_.save(dir_path / (prefix + _VOCAB_FILE))
-        state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+        state = self._cpu_state_dict()
         for stale in (_MODEL_FILE, _SAFETENSORS_FILE):  # never two weights files (overwrite)
             (dir_path / (prefix + stale)).unlink(missing_ok=True)
         if weights_format == "safetensors":
