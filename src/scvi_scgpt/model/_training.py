@@ -240,6 +240,7 @@ class TrainingMixin:
                 "lr_schedule": lr_schedule,
                 "warmup_steps": warmup_steps,
             },
+            None if datamodule is not None else round((train_size or 0.9) * self.adata.n_obs),
         )
         if isinstance(objectives, dict):
             objectives = dataclasses.replace(preset.objectives, **objectives)

@@ -52,9 +52,12 @@ def detect_regime(model, regime: str = "auto") -> tuple[str, str]:
 
 
 def resolve_hyperparameters(
-    preset: TaskPreset, regime: str, given: dict[str, Any]
+    preset: TaskPreset, regime: str, given: dict[str, Any], n_train_cells: int | None = None
 ) -> tuple[dict[str, Any], list[str]]:
     """The regime's values with every explicitly given (not ``None``) argument winning.
+
+    ``max_epochs``, when not given, is scaled to ``n_train_cells`` in the from-scratch regime
+    of a preset with ``from_scratch_steps`` (:meth:`~scvi_scgpt.train.TaskPreset.epochs_for`).
 
     Returns
     -------
@@ -63,6 +66,8 @@ def resolve_hyperparameters(
     values = preset.for_regime(regime).hyperparameters()
     explicit = [k for k in HYPERPARAMETERS if given.get(k) is not None]
     values.update({k: given[k] for k in explicit})
+    if "max_epochs" not in explicit:
+        values["max_epochs"] = preset.epochs_for(regime, n_train_cells, values["batch_size"])
     return values, explicit
 
 

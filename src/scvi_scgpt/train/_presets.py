@@ -27,6 +27,10 @@ HYPERPARAMETERS: tuple[str, ...] = (
     "warmup_steps",
 )
 
+#: Most epochs :meth:`TaskPreset.epochs_for` chooses (a tiny data set would otherwise be
+#: passed over hundreds of times).
+MAX_AUTO_EPOCHS = 100
+
 
 @dataclass(frozen=True)
 class TaskPreset:
@@ -54,6 +58,11 @@ class TaskPreset:
     from_scratch
         Changes to those hyper-parameters in the ``"from_scratch"`` regime (keys from
         :data:`HYPERPARAMETERS`); empty when the official values also fit a new model.
+    from_scratch_steps
+        In the ``"from_scratch"`` regime, when ``max_epochs`` is not given: train for enough
+        epochs to make about this many optimizer steps over the training cells (at least
+        the regime's ``max_epochs``, at most :data:`MAX_AUTO_EPOCHS`). ``None``: the
+        regime's ``max_epochs`` whatever the data size.
     best_epoch_monitor, best_epoch_mode
         The logged validation metric whose best epoch ``SCGPT.train`` keeps, and whether
         lower (``"min"``) or higher (``"max"``) is better.
@@ -72,6 +81,7 @@ class TaskPreset:
     lr_schedule: str = "step"
     warmup_steps: int = 0
     from_scratch: dict = field(default_factory=dict)
+    from_scratch_steps: int | None = None
     best_epoch_monitor: str = "validation_loss"
     best_epoch_mode: str = "min"
 
@@ -99,6 +109,25 @@ class TaskPreset:
         if regime == "from_scratch":
             return replace(self, **self.from_scratch)
         raise ValueError(f"regime must be 'fine_tune' or 'from_scratch', got {regime!r}.")
+
+    def epochs_for(self, regime: str, n_train_cells: int | None, batch_size: int) -> int:
+        """The regime's ``max_epochs``, scaled to the data by :attr:`from_scratch_steps`.
+
+        Parameters
+        ----------
+        regime
+            ``"fine_tune"`` or ``"from_scratch"``.
+        n_train_cells
+            Training cells (``None`` when unknown, e.g. streamed: no scaling).
+        batch_size
+            Cells per minibatch.
+        """
+        epochs = self.for_regime(regime).max_epochs
+        if regime != "from_scratch" or not self.from_scratch_steps or not n_train_cells:
+            return epochs
+        steps_per_epoch = max(1, -(-int(n_train_cells) // int(batch_size)))
+        wanted = -(-int(self.from_scratch_steps) // steps_per_epoch)
+        return int(min(max(epochs, wanted), MAX_AUTO_EPOCHS))
 
     def hyperparameters(self) -> dict:
         """The optimisation values, ``{name: value}`` for :data:`HYPERPARAMETERS`."""
@@ -186,8 +215,15 @@ GEP = TaskPreset(
 
 #: Generative pretraining (paper, Methods): generated-gene MSE + GEPC + cell-prompt step,
 #: expressed genes up to 1,200 tokens, generated fraction from {0.25, 0.5, 0.75}, lr 1e-4
-#: with warm-up and cosine decay (set in ``SCGPT.train``). The official recipe trains a new
-#: model, so both regimes use it.
+#: with warm-up and cosine decay (set in ``SCGPT.train``); the values of the fine-tune
+#: regime (continuing to pretrain a pretrained model).
+#:
+#: From scratch: lr 1e-3, constant after the 100 warm-up steps, about 4,000 optimizer steps
+#: (epochs scaled to the data, at least 6). Evidence (``benchmarks/RESULTS.md``, "Pretraining
+#: plateau diagnosis", simulated atlas with known truth, d_model 64): every new model first
+#: predicts each gene's mean bin; a cosine decay over a run of under ~2,000 steps lowers the
+#: learning rate before it leaves that plateau, while a constant lr 1e-3 leaves it after
+#: about 2,200 steps and reaches the cell-type oracle's error (``pretrain_evidence.py``).
 PRETRAIN = TaskPreset(
     objectives=ObjectiveConfig(gep=True, gepc=True, generative=True, mask_ratio=0.0),
     collator="generative",
@@ -198,6 +234,8 @@ PRETRAIN = TaskPreset(
     max_epochs=6,
     lr_schedule="cosine",
     warmup_steps=100,
+    from_scratch={"lr": 1e-3, "lr_schedule": "constant"},
+    from_scratch_steps=4000,
 )
 
 #: Official Tutorial_Perturbation recipe: a control cell's log-normalised expression
