@@ -245,3 +245,55 @@ def test_fine_tune_an_official_checkpoint_for_perturbation(official_dir):
     assert torch.allclose(before[key], after[key], atol=1e-2)  # loaded, then fine-tuned
     pred = model.predict_perturbation([[genes[1]]], key_added=None)
     assert list(pred.index) == [f"{genes[1]}+ctrl"] and np.isfinite(pred.to_numpy()).all()
+
+
+def test_perturbed_gene_is_always_a_token_of_its_cells(sim):
+    # official scGPT #298: with fewer tokens than expressed genes, the perturbed gene was
+    # sometimes not sampled; here every cell carrying a perturbation flags each of its genes
+    labels = sim.obs["condition"].astype(str).to_numpy()
+    conditions = sorted(set(labels))
+    code = {c: i for i, c in enumerate(conditions)}
+    column = {g: i for i, g in enumerate(sim.var_names)}
+    perturbed = [
+        np.array([column[g] for g in c.split("+") if g != "ctrl"], dtype=int) for c in conditions
+    ]
+    expressed = np.diff(sim.X.tocsr().indptr)
+    collator = COLLATORS["paired_control"].for_objectives(
+        np.arange(sim.n_vars),
+        TokenizerConfig(max_seq_len=8, n_bins=None),
+        None,
+        cls_id=sim.n_vars + 1,
+        pad_id=sim.n_vars,
+        controls=sim.X[labels == "ctrl"],
+        control_labels=None,
+        perturbed_columns=perturbed,
+    )
+    assert expressed.max() > 8  # fewer tokens than expressed genes
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    for _ in range(20):
+        rows = rng.choice(sim.n_obs, size=3, replace=False)
+        codes = np.array([code[labels[r]] for r in rows])
+        batch = {
+            TOKEN_KEYS.X: torch.from_numpy(sim.X[rows].toarray()),
+            PERTURBATION_KEY: torch.from_numpy(codes),
+        }
+        out = collator(batch)
+        ids = out[TOKEN_KEYS.GENE_IDS].numpy()
+        flags = out[TOKEN_KEYS.PERT_FLAGS].numpy()
+        assert ids.shape[1] == 8
+        for i, c in enumerate(codes):
+            assert sorted(ids[i][flags[i] == 1]) == sorted(perturbed[c])
+    many = {TOKEN_KEYS.X: torch.zeros(9, sim.n_vars), PERTURBATION_KEY: torch.arange(1, 10)}
+    tight = COLLATORS["paired_control"].for_objectives(
+        np.arange(sim.n_vars),
+        TokenizerConfig(max_seq_len=4, n_bins=None),
+        None,
+        cls_id=sim.n_vars + 1,
+        pad_id=sim.n_vars,
+        controls=sim.X[labels == "ctrl"],
+        control_labels=None,
+        perturbed_columns=perturbed,
+    )
+    with pytest.raises(ValueError, match="smaller batch_size"):
+        tight(many)

@@ -81,7 +81,14 @@ def test_metrics_from_means_need_de_genes(data):
 def test_baselines_hand_computed(data):
     train = ["ctrl", "A+ctrl", "B+ctrl"]
     out = tl.perturbation_baselines(data, ["A+B", ["B"], "C+ctrl"], train_conditions=train)
-    assert list(out) == ["no_change", "train_mean", "additive", "linear"]
+    assert list(out) == [
+        "no_change",
+        "train_mean",
+        "additive",
+        "scaled_additive",
+        "matching_mean",
+        "linear",
+    ]
     ctrl, a, b = CTRL.mean(0), A.mean(0), B.mean(0)
     assert list(out["additive"].index) == ["A+B", "B+ctrl", "C+ctrl"]
     assert np.allclose(out["no_change"].to_numpy(), ctrl)
@@ -95,6 +102,34 @@ def test_baselines_hand_computed(data):
         tl.perturbation_baselines(data, ["A+B"], train_conditions=train, methods=["gears"])
     with pytest.raises(ValueError, match="not a measured gene"):
         tl.perturbation_baselines(data, ["Z+ctrl"], train_conditions=train)
+
+
+def test_scaled_additive_and_matching_mean_hand_computed(data):
+    ctrl, a, b, ab = CTRL.mean(0), A.mean(0), B.mean(0), AB.mean(0)
+    train = ["ctrl", "A+ctrl", "B+ctrl", "A+B"]
+    out = tl.perturbation_baselines(
+        data,
+        ["A+B", "C+ctrl", "A+C"],
+        train_conditions=train,
+        methods=["scaled_additive", "matching_mean"],
+    )
+    s = (a - ctrl) + (b - ctrl)
+    alpha = s @ (ab - ctrl) / (s @ s)
+    scaled = out["scaled_additive"]
+    assert scaled.attrs["alpha"] == pytest.approx(alpha)
+    assert np.allclose(scaled.loc["A+B"], ctrl + alpha * s)
+    assert np.allclose(scaled.loc["A+C"], ctrl + alpha * (a - ctrl))
+    centroid = (a + b + ab) / 3  # the training perturbations' profiles
+    match = out["matching_mean"]
+    assert np.allclose(match.loc["A+B"], (a + b) / 2)
+    assert np.allclose(match.loc["C+ctrl"], centroid)
+    assert np.allclose(match.loc["A+C"], (a + centroid) / 2)
+    # without a training double, alpha is 1 (plain additive)
+    plain = tl.perturbation_baselines(
+        data, ["A+B"], train_conditions=train[:3], methods=["scaled_additive", "additive"]
+    )
+    assert plain["scaled_additive"].attrs["alpha"] == 1.0
+    assert np.allclose(plain["scaled_additive"], plain["additive"])
 
 
 def test_linear_model_is_the_two_sided_ridge_solution():

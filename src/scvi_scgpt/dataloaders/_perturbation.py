@@ -139,8 +139,9 @@ class PairedControlCollator(TokenCollator):
     def select_columns(self, codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The minibatch's gene columns.
 
-        All usable columns, or a random subset of ``max_seq_len`` holding the minibatch's
-        perturbed genes.
+        All usable columns, or a random subset of ``max_seq_len`` holding every perturbed
+        gene of the minibatch, so a perturbed gene is always a token of the cells that carry
+        it, however many genes are expressed (the official sampling may drop it, scGPT #298).
         """
         limit = self.tokenizer.max_seq_len
         if len(self.usable) <= limit:
@@ -148,7 +149,13 @@ class PairedControlCollator(TokenCollator):
         wanted = np.unique(
             np.concatenate([self.perturbed_columns[int(c)] for c in np.unique(codes)] + [[]])
         ).astype(np.int64)
-        wanted = wanted[np.isin(wanted, self.usable)][:limit]
+        wanted = wanted[np.isin(wanted, self.usable)]
+        if len(wanted) > limit:
+            raise ValueError(
+                f"A minibatch perturbs {len(wanted)} distinct genes but max_seq_len is {limit}: "
+                "every perturbed gene must be a token of its cells (official scGPT #298). Use "
+                "a smaller batch_size or a larger tokenizer max_seq_len."
+            )
         rest = np.setdiff1d(self.usable, wanted)
         extra = rng.choice(rest, size=limit - len(wanted), replace=False)
         return np.sort(np.concatenate([wanted, extra]))
