@@ -107,9 +107,13 @@ def test_bad_simulation_inputs():
 
 
 def test_interactions_change_only_their_doubles_in_the_stated_direction():
-    kwargs = dict(
-        n_genes=60, n_regulators=8, n_doubles=6, n_control_cells=200, cells_per_perturbation=200
-    )
+    kwargs = {
+        "n_genes": 60,
+        "n_regulators": 8,
+        "n_doubles": 6,
+        "n_control_cells": 200,
+        "cells_per_perturbation": 200,
+    }
     plain = simulate_perturbseq(**kwargs, seed=3)
     inter = simulate_perturbseq(**kwargs, n_interactions=3, interaction_strength=0.8, seed=3)
     table = inter.uns["interactions"]
