@@ -107,6 +107,12 @@ class PairedControlCollator(TokenCollator):
         Cell-type code of each control cell, or ``None`` to pair with any control.
     perturbed_columns
         Per condition code, the columns of its perturbed genes.
+    input_offsets
+        ``(n_codes, n_genes)`` added to the control cell of each code's targets (the additive
+        prior ``delta_A + delta_B`` of a double with ``combination="additive_residual"``;
+        zero rows elsewhere), or ``None``.
+    gene_weights
+        ``(n_codes, n_genes)`` per-gene loss weights of each code (``"wmse"``), or ``None``.
     """
 
     objective_options: tuple[str, ...] = ()
@@ -121,6 +127,8 @@ class PairedControlCollator(TokenCollator):
         controls=None,
         control_labels: np.ndarray | None = None,
         perturbed_columns: list[np.ndarray] | None = None,
+        input_offsets: np.ndarray | None = None,
+        gene_weights: np.ndarray | None = None,
         mask_ratio: float = 0.0,
     ) -> None:
         super().__init__(column_vocab_ids, tokenizer, cls_id=cls_id, pad_id=pad_id)
@@ -135,6 +143,8 @@ class PairedControlCollator(TokenCollator):
         self.control_labels = None if control_labels is None else np.asarray(control_labels)
         self.perturbed_columns = [np.asarray(c, dtype=np.int64) for c in perturbed_columns]
         self.usable = np.flatnonzero(self.column_vocab_ids >= 0)
+        self.input_offsets = None if input_offsets is None else np.asarray(input_offsets)
+        self.gene_weights = None if gene_weights is None else np.asarray(gene_weights)
 
     def select_columns(self, codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The minibatch's gene columns.
@@ -180,6 +190,8 @@ class PairedControlCollator(TokenCollator):
         )
         columns = self.select_columns(codes, rng)
         inputs = self.controls[pairs][:, columns].toarray()
+        if self.input_offsets is not None:
+            inputs = inputs + self.input_offsets[codes][:, columns]
         ids = np.broadcast_to(self.column_vocab_ids[columns], inputs.shape).copy()
         out = {
             TOKEN_KEYS.GENE_IDS: torch.from_numpy(ids),
@@ -190,6 +202,9 @@ class PairedControlCollator(TokenCollator):
                 perturbation_flags(columns, self.perturbed_columns, codes)
             ),
         }
+        if self.gene_weights is not None:
+            weights = self.gene_weights[codes][:, columns].astype(np.float32)
+            out[TOKEN_KEYS.DE_WEIGHTS] = torch.from_numpy(weights)
         for key in (TOKEN_KEYS.BATCH, TOKEN_KEYS.LABELS, TOKEN_KEYS.CELL_INDEX):
             if key in batch:
                 out[key] = torch.as_tensor(np.asarray(batch[key])).reshape(-1).long()
