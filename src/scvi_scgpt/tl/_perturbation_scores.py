@@ -82,6 +82,8 @@ def interaction_recovery(
     additive = single_a + single_b - control_mean
     true_int = truth - additive
     pred_int = pred - additive
+    scale = 1.0 + np.abs(additive).max(initial=0.0)
+    pred_int = np.where(np.abs(pred_int) <= 1e-5 * scale, 0.0, pred_int)  # float32 rounding
     genes = np.abs(true_int) > float(threshold)
     n = int(genes.sum())
     if n < 3:
