@@ -1,33 +1,38 @@
-"""Perturbation prediction: SCGPT against the no-change, mean, additive and linear baselines.
+"""Perturbation prediction: SCGPT variants against six baselines on two simulated screens.
 
     flock /tmp/scvi_scgpt_cpu.lock .venv/bin/python benchmarks/perturbation.py
 
 No Perturb-seq screen and no pretrained weights are available offline, so the data come from
-``scvi_scgpt.datasets.simulate_perturbseq`` (a GRN with a knockout of every regulator and
-random doubles; ``--n-genes``, ``--n-regulators``, ``--n-doubles``) and SCGPT is a small model
-(``_harness.D64`` with ``--n-layers`` layers) trained from scratch with
-``train("perturbation")`` (the official tutorial recipe except ``--lr`` and ``--epochs``).
+``scvi_scgpt.datasets.simulate_perturbseq`` and SCGPT is a small model (``_harness.D64`` with
+``--n-layers`` layers) trained from scratch with ``train("perturbation")`` (the official
+tutorial recipe except ``--lr`` and ``--epochs``).
 
-Per seed (``--seeds``; the simulation, the GEARS "simulation" split and the training all use
-it): SCGPT and ``tl.perturbation_baselines`` predict every test condition;
-``tl.evaluate_perturbation_predictions`` scores them per subgroup (``combo_seen2``: held-out
-doubles whose two genes were perturbed alone in training; ``unseen_single``).
+Screens (``--screens``): ``grn`` (a GRN with a knockout of every regulator and random doubles;
+doubles are close to additive on the log scale) and ``interaction`` (the same with
+``--n-interactions`` of the doubles given synergy, buffering or epistasis). Per screen and seed
+(``--seeds``; the simulation, the GEARS "simulation" split and the training all use it): the
+SCGPT variants (``--variants``: ``scgpt`` official, ``scgpt_wmse`` with the DE-weighted loss,
+``scgpt_residual`` with ``combination="additive_residual"``) and the six
+``tl.perturbation_baselines`` predict every test condition;
+``tl.evaluate_perturbation_predictions`` (GEARS, Systema, Ahlmann-Eltze, WMSE, interaction
+recovery) and ``tl.cell_eval_metrics`` (cell-eval, with its split-half ceiling) score them per
+subgroup (``combo_seen2``: held-out doubles whose two genes were perturbed alone in training;
+``combo_seen2_interacting``: those with a simulated interaction; ``unseen_single``).
 
-Reverse perturbation: every held-out ``combo_seen2`` double and every training single (the
-model was trained on these singles' cells) is a target; candidates are the singles and pairs
-of the genes perturbed alone in training or validation. Top-1 / top-5 accuracy of
-``reverse_perturbation`` against chance and a DE baseline (candidates ranked by the sum of
-their genes' Welch t statistics, observed vs control: knocked-down genes drop).
+Reverse perturbation: every held-out ``combo_seen2`` double and every training single is a
+target; candidates are the singles and pairs of the genes perturbed alone in training or
+validation. Top-1 / top-5 accuracy of ``reverse_perturbation`` with each variant's and the
+additive baseline's predictions, against chance and a DE baseline (candidates ranked by the
+sum of their genes' Welch t statistics, observed vs control).
 
-Memory: peak resident memory added by ``predict_perturbation`` (one fresh process per point;
-Linux ``VmHWM`` reset just before the call, minus ``VmRSS`` then) at ``--memory-genes``
-genes, in chunks of ``--chunk`` genes against one dense all-gene forward
-(``gene_chunk_size`` = all genes, what the official code does).
+Memory (issue #10, ``--memory-genes 1000,2000,5000``; skipped by default): peak resident
+memory added by ``predict_perturbation`` (one fresh process per point) in chunks of
+``--chunk`` genes against one dense all-gene forward.
 
-Writes ``benchmarks/output/perturbation/results.json`` and the RESULTS.md section.
-``--quick``: a reduced screen (100 genes, 12 regulators, 24 doubles, 300 control and 30
-cells per condition) and 10 epochs, the same seeds and memory curve (fits a shared 2-core
-machine in a few minutes).
+Writes ``benchmarks/output/perturbation/results.json`` and the RESULTS.md section
+``perturbation_round2`` (the issue #10 section stays as it was). ``--quick``: a reduced
+screen (100 genes, 12 regulators, 24 doubles of which 12 interact, 300 control and 30 cells
+per condition) and 10 epochs.
 """
 
 from __future__ import annotations
