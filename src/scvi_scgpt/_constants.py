@@ -51,6 +51,8 @@ class _TokenKeys(NamedTuple):
     MODALITY_IDS: str = "modality_ids"
     #: ``(B, L)`` perturbation flag per token (perturbation models, official ``pert_flags``).
     PERT_FLAGS: str = "pert_flags"
+    #: ``(B, L)`` per-token loss weights of the DE-weighted perturbation MSE (``"wmse"``).
+    DE_WEIGHTS: str = "de_weights"
     #: Key of the expression matrix in an scvi-tools minibatch (``REGISTRY_KEYS.X_KEY``).
     X: str = "X"
     #: Per-minibatch vocabulary id of each matrix column (streamed files differ in genes).

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from scvi_scgpt import tl
 from scvi_scgpt.datasets import simulate_perturbseq
 
 KW = {
@@ -103,3 +104,47 @@ def test_bad_simulation_inputs():
         simulate_perturbseq(n_genes=20, n_regulators=4, perturbed_genes=["nope"])
     with pytest.raises(ValueError, match="gene_names"):
         simulate_perturbseq(n_genes=20, n_regulators=4, gene_names=["a"] * 20)
+
+
+def test_interactions_change_only_their_doubles_in_the_stated_direction():
+    kwargs = {
+        "n_genes": 60,
+        "n_regulators": 8,
+        "n_doubles": 6,
+        "n_control_cells": 200,
+        "cells_per_perturbation": 200,
+    }
+    plain = simulate_perturbseq(**kwargs, seed=3)
+    inter = simulate_perturbseq(**kwargs, n_interactions=3, interaction_strength=0.8, seed=3)
+    table = inter.uns["interactions"]
+    assert list(table["kind"]) == ["synergy", "buffering", "epistasis"]
+    assert plain.uns["interactions"].empty
+    labels = inter.obs["condition"].astype(str).to_numpy()
+    assert set(table["condition"]) <= set(labels)
+    for cond in [c for c in set(labels) if "+ctrl" in c or c == "ctrl"]:  # singles unchanged
+        rows = labels == cond
+        assert (plain.X[rows] != inter.X[rows]).nnz == 0
+    ctrl = tl.condition_means(inter, conditions=["ctrl"]).to_numpy()[0]
+    grn = inter.uns["grn"]
+    for _, row in table.iterrows():
+        a, b, kind = row["gene_a"], row["gene_b"], row["kind"]
+        masked = b if kind == "epistasis" else None
+        targets = sorted(
+            set(grn.loc[grn["source"].isin([masked] if masked else [a, b]), "target"])
+        )
+        targets = [t for t in targets if t not in (a, b)]
+        with_int = tl.condition_means(inter, conditions=[row["condition"]]).loc[:, targets]
+        without = tl.condition_means(plain, conditions=[row["condition"]]).loc[:, targets]
+        d_int = np.abs(with_int.to_numpy()[0] - ctrl[inter.var_names.get_indexer(targets)])
+        d_plain = np.abs(without.to_numpy()[0] - ctrl[inter.var_names.get_indexer(targets)])
+        if kind == "synergy":
+            assert d_int.mean() > d_plain.mean()
+        elif kind == "buffering":
+            assert d_int.mean() < d_plain.mean()
+        else:  # on b's targets the double looks like a alone
+            alone = tl.condition_means(inter, conditions=[f"{a}+ctrl"]).loc[:, targets]
+            gap_int = np.abs(with_int.to_numpy() - alone.to_numpy()).mean()
+            gap_plain = np.abs(without.to_numpy() - alone.to_numpy()).mean()
+            assert gap_int < gap_plain
+    with pytest.raises(ValueError, match="exceeds"):
+        simulate_perturbseq(**kwargs, n_interactions=7)

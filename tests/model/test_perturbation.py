@@ -245,3 +245,181 @@ def test_fine_tune_an_official_checkpoint_for_perturbation(official_dir):
     assert torch.allclose(before[key], after[key], atol=1e-2)  # loaded, then fine-tuned
     pred = model.predict_perturbation([[genes[1]]], key_added=None)
     assert list(pred.index) == [f"{genes[1]}+ctrl"] and np.isfinite(pred.to_numpy()).all()
+
+
+def test_perturbed_gene_is_always_a_token_of_its_cells(sim):
+    # official scGPT #298: with fewer tokens than expressed genes, the perturbed gene was
+    # sometimes not sampled; here every cell carrying a perturbation flags each of its genes
+    labels = sim.obs["condition"].astype(str).to_numpy()
+    conditions = sorted(set(labels))
+    code = {c: i for i, c in enumerate(conditions)}
+    column = {g: i for i, g in enumerate(sim.var_names)}
+    perturbed = [
+        np.array([column[g] for g in c.split("+") if g != "ctrl"], dtype=int) for c in conditions
+    ]
+    expressed = np.diff(sim.X.tocsr().indptr)
+    collator = COLLATORS["paired_control"].for_objectives(
+        np.arange(sim.n_vars),
+        TokenizerConfig(max_seq_len=8, n_bins=None),
+        None,
+        cls_id=sim.n_vars + 1,
+        pad_id=sim.n_vars,
+        controls=sim.X[labels == "ctrl"],
+        control_labels=None,
+        perturbed_columns=perturbed,
+    )
+    assert expressed.max() > 8  # fewer tokens than expressed genes
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    for _ in range(20):
+        rows = rng.choice(sim.n_obs, size=3, replace=False)
+        codes = np.array([code[labels[r]] for r in rows])
+        batch = {
+            TOKEN_KEYS.X: torch.from_numpy(sim.X[rows].toarray()),
+            PERTURBATION_KEY: torch.from_numpy(codes),
+        }
+        out = collator(batch)
+        ids = out[TOKEN_KEYS.GENE_IDS].numpy()
+        flags = out[TOKEN_KEYS.PERT_FLAGS].numpy()
+        assert ids.shape[1] == 8
+        for i, c in enumerate(codes):
+            assert sorted(ids[i][flags[i] == 1]) == sorted(perturbed[c])
+    many = {TOKEN_KEYS.X: torch.zeros(9, sim.n_vars), PERTURBATION_KEY: torch.arange(1, 10)}
+    tight = COLLATORS["paired_control"].for_objectives(
+        np.arange(sim.n_vars),
+        TokenizerConfig(max_seq_len=4, n_bins=None),
+        None,
+        cls_id=sim.n_vars + 1,
+        pad_id=sim.n_vars,
+        controls=sim.X[labels == "ctrl"],
+        control_labels=None,
+        perturbed_columns=perturbed,
+    )
+    with pytest.raises(ValueError, match="smaller batch_size"):
+        tight(many)
+
+
+@pytest.fixture(scope="module")
+def screen() -> ad.AnnData:
+    """A screen with interactions and a hand-made split (train: ctrl, singles, 4 doubles)."""
+    adata = simulate_perturbseq(
+        n_genes=30,
+        n_regulators=6,
+        n_doubles=8,
+        n_control_cells=40,
+        cells_per_perturbation=8,
+        n_interactions=3,
+        seed=1,
+    )
+    doubles = sorted(c for c in adata.obs["condition"].unique() if "ctrl" not in c)
+    role = dict.fromkeys(adata.obs["condition"].unique(), "train")
+    role |= dict.fromkeys(doubles[4:6], "val") | dict.fromkeys(doubles[6:], "test")
+    adata.obs["split"] = adata.obs["condition"].astype(str).map(role).astype("category")
+    return adata
+
+
+def _trained(adata, **train_kwargs):
+    torch.manual_seed(0)
+    adata = adata.copy()
+    SCGPT.setup_anndata(adata, perturbation_key="condition")
+    m = SCGPT(adata, **TINY)
+    m.train("perturbation", max_epochs=1, batch_size=32, accelerator="cpu", **train_kwargs)
+    return m
+
+
+def test_additive_residual_prior_gate_and_save(screen, tmp_path):
+    model = _trained(screen, combination="additive_residual")
+    adata = model.adata
+    state = model.perturbation_combination_
+    assert state["mode"] == "additive_residual" and 0.0 <= state["gate"] <= 1.0
+    singles = sorted(c.split("+")[0] for c in adata.obs["condition"].unique() if "+ctrl" in c)
+    assert sorted(state["single_deltas"].index) == singles
+    labels = adata.obs["condition"].astype(str).to_numpy()
+    train = adata.obs["split"].to_numpy() == "train"
+    x = adata.X.toarray()
+    ctrl_train = x[(labels == "ctrl") & train].mean(0)
+    np.testing.assert_allclose(
+        state["single_deltas"].loc["TF01"],
+        x[labels == "TF01+ctrl"].mean(0) - ctrl_train,
+        atol=1e-5,
+    )
+    test_double = sorted(c for c in set(labels[adata.obs["split"] == "test"]))[0]
+    a, b = test_double.split("+")
+    prior = x[labels == "ctrl"].mean(0) + state["single_deltas"].loc[[a, b]].to_numpy().sum(0)
+    state["gate"] = 0.0  # no residual: exactly the additive prior
+    np.testing.assert_allclose(
+        model.predict_perturbation(test_double, key_added=None).to_numpy()[0], prior, atol=1e-4
+    )
+    state["gate"] = 1.0  # the network's own output on the prior input differs from it
+    full = model.predict_perturbation(test_double, key_added=None).to_numpy()[0]
+    assert np.abs(full - prior).max() > 1e-3
+    state["gate"] = 0.5
+    half = model.predict_perturbation(test_double, key_added=None).to_numpy()[0]
+    np.testing.assert_allclose(half, (prior + full) / 2, atol=1e-4)
+    cells = model.predict_perturbation(test_double, return_cells=True, key_added=None)
+    np.testing.assert_allclose(cells.X.mean(0), half, atol=1e-4)
+    # a single is the network's prediction from the control, as in the official mode
+    single = model.predict_perturbation("TF01+ctrl", key_added=None)
+    assert np.isfinite(single.to_numpy()).all()
+    model.save(tmp_path / "m", save_anndata=True)
+    loaded = SCGPT.load(tmp_path / "m", accelerator="cpu")
+    assert loaded.perturbation_combination_["gate"] == 0.5
+    pd.testing.assert_frame_equal(
+        loaded.perturbation_combination_["single_deltas"], state["single_deltas"]
+    )
+
+
+def test_additive_residual_rejects_bad_modes_and_missing_singles(screen):
+    with pytest.raises(ValueError, match="Unknown combination mode"):
+        _trained(screen, combination="multiplicative")
+    adata = screen.copy()
+    adata.obs["split"] = adata.obs["split"].astype(str)
+    adata.obs.loc[adata.obs["condition"] == "TF01+ctrl", "split"] = "test"
+    trained_with_tf01 = [
+        c
+        for c in adata.obs.loc[adata.obs["split"] == "train", "condition"].unique()
+        if "TF01" in c.split("+")
+    ]
+    assert trained_with_tf01  # a training double needs TF01's single
+    with pytest.raises(ValueError, match="'TF01'"):
+        _trained(adata, combination="additive_residual")
+    adata = screen.copy()
+    SCGPT.setup_anndata(adata, perturbation_key="condition")
+    with pytest.raises(ValueError, match="task='perturbation'"):
+        SCGPT(adata, **TINY).train("gep", combination="additive_residual", max_epochs=1)
+
+
+def test_wmse_weights_and_loss(screen):
+    from scvi_scgpt.module._perturbation import perturbation_loss
+
+    model = _trained(screen, objectives={"perturbation_loss": "wmse"})
+    assert model.training_task_["objectives"]["perturbation_loss"] == "wmse"
+    assert "perturbation_wmse_train" in model.history_
+    weights = model._collator_inputs("paired_control")["collator"]["gene_weights"]
+    adata = model.adata
+    mapping = list(model.adata_manager.get_state_registry(PERTURBATION_KEY).categorical_mapping)
+    labels = adata.obs["condition"].astype(str).to_numpy()
+    x = adata.X.toarray()
+    keep = adata.obs["split"].to_numpy() != "test"
+    from scipy import stats
+
+    t = stats.ttest_ind(
+        x[(labels == "TF02+ctrl") & keep], x[(labels == "ctrl") & keep], equal_var=False
+    ).statistic
+    np.testing.assert_allclose(
+        weights[mapping.index("TF02+ctrl")], np.abs(np.nan_to_num(t)), rtol=1e-4, atol=1e-5
+    )
+    assert (weights[mapping.index("ctrl")] == 1).all()
+    pred = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
+    target = torch.tensor([[0.0, 2.0, 2.0], [1.0, 0.0, 1.0]])
+    w = torch.tensor([[1.0, 1.0, 2.0], [3.0, 1.0, 0.0]])
+    tensors = {
+        TOKEN_KEYS.TARGET_VALUES: target,
+        TOKEN_KEYS.PADDING_MASK: torch.zeros(2, 3, dtype=torch.bool),
+        TOKEN_KEYS.PERT_FLAGS: torch.zeros(2, 3, dtype=torch.long),
+        TOKEN_KEYS.DE_WEIGHTS: w,
+    }
+    out = perturbation_loss(tensors, {"expr": pred}, "wmse")
+    expected = ((1 * 1 + 2 * 4) / 4 + (3 * 1) / 4) / 2
+    assert out.loss.item() == pytest.approx(expected)
+    assert perturbation_loss(tensors, {"expr": pred}, "mse").loss.item() == pytest.approx(6 / 6)

@@ -21,7 +21,7 @@ def test_perturbation_response_plot():
     fig = pl.perturbation_response({"observed mean": truth, **base}, sim, "TF01+ctrl", n_de=8)
     ax = fig.axes[0]
     assert len(ax.get_xticklabels()) == 8 and ax.get_title() == "TF01+ctrl"
-    assert len(ax.get_legend().get_texts()) == 5
+    assert len(ax.get_legend().get_texts()) == 1 + len(base) == 7
     plt.close(fig)
     with pytest.raises(ValueError, match="no prediction"):
         pl.perturbation_response(truth, sim, "TF05+ctrl")

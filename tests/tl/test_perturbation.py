@@ -46,7 +46,7 @@ def test_metrics_hand_computed(data):
     assert row["pearson"] == pytest.approx(np.corrcoef(p, truth)[0, 1])
     assert row["pearson_de"] == pytest.approx(np.corrcoef(p[de], truth[de])[0, 1])
     assert row["pearson_delta"] == pytest.approx(np.corrcoef(p - ctrl, truth - ctrl)[0, 1])
-    assert row["mse"] == pytest.approx(np.mean((p - truth) ** 2))
+    assert "mse" not in table  # cell-eval's mse replaces ours
     assert row["mse_de"] == pytest.approx(np.mean((p[de] - truth[de]) ** 2))
     right = np.sign(p[de] - ctrl[de]) == np.sign(truth[de] - ctrl[de])
     assert row["frac_correct_direction_de"] == pytest.approx(right.mean())
@@ -59,12 +59,49 @@ def test_metrics_perfect_and_no_change(data):
     means = tl.condition_means(data, conditions=["A+ctrl", "A+B"])
     table = tl.perturbation_metrics(means, data)
     assert np.allclose(table[["pearson", "pearson_delta", "pearson_de_delta"]], 1.0)
-    assert np.allclose(table[["mse", "mse_de"]], 0.0)
+    assert np.allclose(table[["mse_de", "wmse", "l2_top_expressed"]], 0.0)
+    assert np.allclose(table[["pearson_delta_centroid"]], 1.0)
     ctrl = tl.condition_means(data, conditions=["ctrl"]).to_numpy()[0]
     flat = pd.DataFrame([ctrl] * 2, index=["A+ctrl", "A+B"], columns=list("ABCD"))
     no_change = tl.perturbation_metrics(flat, data)
     assert np.isnan(no_change.loc["A+ctrl", "pearson_delta"])
     assert no_change.loc["A+ctrl", "frac_correct_direction_de"] == 0.25  # only D: no change
+
+
+def test_calibrated_scores_hand_computed():
+    ab_cells = AB + np.array([0.5, -0.4, 0.3, 0.0])  # interactions on A, B and C
+    data = tiny({"ctrl": CTRL, "A+ctrl": A, "B+ctrl": B, "A+B": ab_cells})
+    pred = pd.DataFrame(
+        [[0.3, 1.2, 1.5, 4.0], [0.0, 2.0, 1.0, 3.5]], index=["A+B", "A+ctrl"], columns=list("ABCD")
+    )
+    table = tl.perturbation_metrics(pred, data, n_top_expressed=2, interaction_threshold=0.05)
+    ctrl, a, b, ab = CTRL.mean(0), A.mean(0), B.mean(0), ab_cells.mean(0)
+    p = pred.loc["A+B"].to_numpy()
+    row = table.loc["A+B"]
+    top = np.argsort(-ctrl)[:2]  # D and B
+    assert row["l2_top_expressed"] == pytest.approx(np.linalg.norm(p[top] - ab[top]))
+    centroid = (a + b + ab) / 3
+    assert row["pearson_delta_centroid"] == pytest.approx(
+        np.corrcoef(p - centroid, ab - centroid)[0, 1]
+    )
+    w = np.abs(stats.ttest_ind(ab_cells, CTRL, equal_var=False).statistic)
+    w = np.nan_to_num(w) / np.nan_to_num(w).sum()
+    assert row["wmse"] == pytest.approx((w * (p - ab) ** 2).sum())
+    true_int = ab - (a + b - ctrl)
+    pred_int = p - (a + b - ctrl)
+    keep = np.abs(true_int) > 0.05
+    assert row["n_interaction_genes"] == keep.sum() >= 3
+    assert row["interaction_pearson"] == pytest.approx(
+        np.corrcoef(pred_int[keep], true_int[keep])[0, 1]
+    )
+    agree = np.mean(np.sign(pred_int[keep]) == np.sign(true_int[keep]))
+    assert row["interaction_sign"] == pytest.approx(agree)
+    assert np.isnan(table.loc["A+ctrl", "interaction_pearson"])  # a single has none
+    additive = tl.perturbation_baselines(
+        data, ["A+B"], train_conditions=["A+ctrl", "B+ctrl"], methods=["additive"]
+    )["additive"]
+    flat = tl.perturbation_metrics(additive, data, interaction_threshold=0.05).loc["A+B"]
+    assert np.isnan(flat["interaction_pearson"]) and flat["interaction_sign"] == 0.0
 
 
 def test_metrics_from_means_need_de_genes(data):
@@ -81,7 +118,14 @@ def test_metrics_from_means_need_de_genes(data):
 def test_baselines_hand_computed(data):
     train = ["ctrl", "A+ctrl", "B+ctrl"]
     out = tl.perturbation_baselines(data, ["A+B", ["B"], "C+ctrl"], train_conditions=train)
-    assert list(out) == ["no_change", "train_mean", "additive", "linear"]
+    assert list(out) == [
+        "no_change",
+        "train_mean",
+        "additive",
+        "scaled_additive",
+        "matching_mean",
+        "linear",
+    ]
     ctrl, a, b = CTRL.mean(0), A.mean(0), B.mean(0)
     assert list(out["additive"].index) == ["A+B", "B+ctrl", "C+ctrl"]
     assert np.allclose(out["no_change"].to_numpy(), ctrl)
@@ -95,6 +139,34 @@ def test_baselines_hand_computed(data):
         tl.perturbation_baselines(data, ["A+B"], train_conditions=train, methods=["gears"])
     with pytest.raises(ValueError, match="not a measured gene"):
         tl.perturbation_baselines(data, ["Z+ctrl"], train_conditions=train)
+
+
+def test_scaled_additive_and_matching_mean_hand_computed(data):
+    ctrl, a, b, ab = CTRL.mean(0), A.mean(0), B.mean(0), AB.mean(0)
+    train = ["ctrl", "A+ctrl", "B+ctrl", "A+B"]
+    out = tl.perturbation_baselines(
+        data,
+        ["A+B", "C+ctrl", "A+C"],
+        train_conditions=train,
+        methods=["scaled_additive", "matching_mean"],
+    )
+    s = (a - ctrl) + (b - ctrl)
+    alpha = s @ (ab - ctrl) / (s @ s)
+    scaled = out["scaled_additive"]
+    assert scaled.attrs["alpha"] == pytest.approx(alpha)
+    assert np.allclose(scaled.loc["A+B"], ctrl + alpha * s)
+    assert np.allclose(scaled.loc["A+C"], ctrl + alpha * (a - ctrl))
+    centroid = (a + b + ab) / 3  # the training perturbations' profiles
+    match = out["matching_mean"]
+    assert np.allclose(match.loc["A+B"], (a + b) / 2)
+    assert np.allclose(match.loc["C+ctrl"], centroid)
+    assert np.allclose(match.loc["A+C"], (a + centroid) / 2)
+    # without a training double, alpha is 1 (plain additive)
+    plain = tl.perturbation_baselines(
+        data, ["A+B"], train_conditions=train[:3], methods=["scaled_additive", "additive"]
+    )
+    assert plain["scaled_additive"].attrs["alpha"] == 1.0
+    assert np.allclose(plain["scaled_additive"], plain["additive"])
 
 
 def test_linear_model_is_the_two_sided_ridge_solution():
@@ -167,3 +239,62 @@ def test_missing_key_and_control(data):
         tl.perturbation_split(data, control_group="non-targeting")
     with pytest.raises(ValueError, match="fraction|must be in"):
         tl.perturbation_split(data, train_gene_set_size=1.5)
+
+
+def test_cell_eval_pair_lines_up_and_rejects_bad_inputs(data):
+    pred = tl.condition_means(data, conditions=["A+ctrl", "A+B"])
+    adata_pred, real = tl.cell_eval_pair(pred, data)
+    assert list(adata_pred.var_names) == list(real.var_names) == list(data.var_names)
+    assert (
+        set(adata_pred.obs["condition"])
+        == set(real.obs["condition"])
+        == {
+            "ctrl",
+            "A+ctrl",
+            "A+B",
+        }
+    )
+    for cond in ("A+ctrl", "A+B"):
+        rows = adata_pred.obs["condition"].to_numpy() == cond
+        assert rows.sum() == (real.obs["condition"].to_numpy() == cond).sum()
+    # predicted cells: control cells shifted by the predicted change (clipped at 0)
+    ctrl_rows = adata_pred.obs["condition"].to_numpy() == "ctrl"
+    np.testing.assert_allclose(adata_pred.X[ctrl_rows], CTRL, rtol=1e-6)
+    shifted = adata_pred.X[adata_pred.obs["condition"].to_numpy() == "A+ctrl"]
+    expected = np.clip(CTRL + (A.mean(0) - CTRL.mean(0)), 0, None)
+    assert all(np.isclose(expected, row, atol=1e-5).all(1).any() for row in shifted)
+    with pytest.raises(ValueError, match="lack genes"):
+        tl.cell_eval_pair(pred.drop(columns="C"), data)
+    nan = pred.copy()
+    nan.iloc[0, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        tl.cell_eval_pair(nan, data)
+    with pytest.raises(ValueError, match="B\\+A"):
+        tl.cell_eval_pair(pred.rename(index={"A+B": "Z+ctrl"}), data)
+    with pytest.raises(ValueError, match="control"):
+        tl.cell_eval_pair(tl.condition_means(data, conditions=["ctrl"]), data)
+    no_ctrl = data[data.obs["condition"] != "ctrl"].copy()
+    with pytest.raises(ValueError, match="2 'ctrl' cells"):
+        tl.cell_eval_pair(pred, no_ctrl)
+
+
+def test_cell_eval_metrics_rank_the_truth_above_no_change():
+    pytest.importorskip("cell_eval")
+    sim = simulate_perturbseq(
+        n_genes=40, n_regulators=6, n_doubles=2, n_control_cells=40, cells_per_perturbation=12
+    )
+    conds = [c for c in sim.obs["condition"].unique() if c != "ctrl"]
+    preds = {"truth": tl.condition_means(sim, conditions=conds)}
+    preds |= tl.perturbation_baselines(sim, conds, train_conditions=conds, methods=["no_change"])
+    table = tl.cell_eval_metrics(preds, sim, ceiling=True)
+    assert set(table["method"]) == {"truth", "no_change", "ceiling"}
+    assert set(table["condition"]) == set(conds)
+    mean = table.groupby("method")[list(tl.CELL_EVAL_METRICS)].mean()
+    assert mean.loc["truth", "pearson_delta"] > 0.9 > mean.loc["no_change", "pearson_delta"]
+    assert mean.loc["truth", "mae"] < mean.loc["no_change", "mae"]
+    assert (
+        mean.loc["truth", "discrimination_score_l1"]
+        > mean.loc["no_change", "discrimination_score_l1"]
+    )
+    assert mean.loc["truth", "overlap_at_N"] > mean.loc["no_change", "overlap_at_N"]
+    assert 0 < table.attrs["ceiling"]["pearson_delta"] <= 1

@@ -107,6 +107,12 @@ class PairedControlCollator(TokenCollator):
         Cell-type code of each control cell, or ``None`` to pair with any control.
     perturbed_columns
         Per condition code, the columns of its perturbed genes.
+    input_offsets
+        ``(n_codes, n_genes)`` added to the control cell of each code's targets (the additive
+        prior ``delta_A + delta_B`` of a double with ``combination="additive_residual"``;
+        zero rows elsewhere), or ``None``.
+    gene_weights
+        ``(n_codes, n_genes)`` per-gene loss weights of each code (``"wmse"``), or ``None``.
     """
 
     objective_options: tuple[str, ...] = ()
@@ -121,6 +127,8 @@ class PairedControlCollator(TokenCollator):
         controls=None,
         control_labels: np.ndarray | None = None,
         perturbed_columns: list[np.ndarray] | None = None,
+        input_offsets: np.ndarray | None = None,
+        gene_weights: np.ndarray | None = None,
         mask_ratio: float = 0.0,
     ) -> None:
         super().__init__(column_vocab_ids, tokenizer, cls_id=cls_id, pad_id=pad_id)
@@ -135,12 +143,15 @@ class PairedControlCollator(TokenCollator):
         self.control_labels = None if control_labels is None else np.asarray(control_labels)
         self.perturbed_columns = [np.asarray(c, dtype=np.int64) for c in perturbed_columns]
         self.usable = np.flatnonzero(self.column_vocab_ids >= 0)
+        self.input_offsets = None if input_offsets is None else np.asarray(input_offsets)
+        self.gene_weights = None if gene_weights is None else np.asarray(gene_weights)
 
     def select_columns(self, codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The minibatch's gene columns.
 
-        All usable columns, or a random subset of ``max_seq_len`` holding the minibatch's
-        perturbed genes.
+        All usable columns, or a random subset of ``max_seq_len`` holding every perturbed
+        gene of the minibatch, so a perturbed gene is always a token of the cells that carry
+        it, however many genes are expressed (the official sampling may drop it, scGPT #298).
         """
         limit = self.tokenizer.max_seq_len
         if len(self.usable) <= limit:
@@ -148,7 +159,13 @@ class PairedControlCollator(TokenCollator):
         wanted = np.unique(
             np.concatenate([self.perturbed_columns[int(c)] for c in np.unique(codes)] + [[]])
         ).astype(np.int64)
-        wanted = wanted[np.isin(wanted, self.usable)][:limit]
+        wanted = wanted[np.isin(wanted, self.usable)]
+        if len(wanted) > limit:
+            raise ValueError(
+                f"A minibatch perturbs {len(wanted)} distinct genes but max_seq_len is {limit}: "
+                "every perturbed gene must be a token of its cells (official scGPT #298). Use "
+                "a smaller batch_size or a larger tokenizer max_seq_len."
+            )
         rest = np.setdiff1d(self.usable, wanted)
         extra = rng.choice(rest, size=limit - len(wanted), replace=False)
         return np.sort(np.concatenate([wanted, extra]))
@@ -173,6 +190,8 @@ class PairedControlCollator(TokenCollator):
         )
         columns = self.select_columns(codes, rng)
         inputs = self.controls[pairs][:, columns].toarray()
+        if self.input_offsets is not None:
+            inputs = inputs + self.input_offsets[codes][:, columns]
         ids = np.broadcast_to(self.column_vocab_ids[columns], inputs.shape).copy()
         out = {
             TOKEN_KEYS.GENE_IDS: torch.from_numpy(ids),
@@ -183,6 +202,9 @@ class PairedControlCollator(TokenCollator):
                 perturbation_flags(columns, self.perturbed_columns, codes)
             ),
         }
+        if self.gene_weights is not None:
+            weights = self.gene_weights[codes][:, columns].astype(np.float32)
+            out[TOKEN_KEYS.DE_WEIGHTS] = torch.from_numpy(weights)
         for key in (TOKEN_KEYS.BATCH, TOKEN_KEYS.LABELS, TOKEN_KEYS.CELL_INDEX):
             if key in batch:
                 out[key] = torch.as_tensor(np.asarray(batch[key])).reshape(-1).long()

@@ -18,6 +18,18 @@ learned networks can detect). Counts are negative binomial around
 fractions ``p_g``, ``S`` the mean of ``sum_g p_g a_cg`` over the control cells, so that a
 knockout lowers a cell's total mRNA instead of raising every other gene), then dropout zeroes
 each count with probability ``dropout / (1 + mean)``.
+
+Genetic interactions (``n_interactions``): some simulated doubles ``A+B`` get an interaction
+that acts only when both genes are knocked out, on the direct targets of ``A`` and ``B``
+(and, through them, downstream). With ``d_g = w_Ag log a_A + w_Bg log a_B`` the pair's
+direct contribution to target ``g`` and ``s`` the ``interaction_strength``:
+
+- ``synergy``: ``log a_g += s d_g`` (the double is stronger than the sum of its singles),
+- ``buffering``: ``log a_g -= min(s, 1) d_g`` (weaker than the sum),
+- ``epistasis``: ``log a_g -= w_Bg log a_B`` (``A`` masks ``B``: on ``B``'s direct targets
+  the double looks like ``A`` alone).
+
+So additivity is wrong on a known subset of pairs, stored in ``uns["interactions"]``.
 """
 
 from __future__ import annotations
@@ -104,6 +116,7 @@ def _activities(
     knockdown: float,
     regulator_noise: float,
     target_noise: float,
+    interactions: Sequence[tuple[int, int, str, float]] = (),
 ) -> np.ndarray:
     """Log activities ``(n_cells, n_genes)`` in topological order."""
     n_cells = offsets.shape[0]
@@ -116,14 +129,62 @@ def _activities(
         if g < n_master:
             log_a[:, g] = np.log(knockdown)
     by_target = dict(list(edges.groupby("target_idx")))
+    active = [(a, b, kind, s) for a, b, kind, s in interactions if a in knocked and b in knocked]
     for g in range(n_master, n_genes):
         grp = by_target[g]
-        log_a[:, g] = log_a[:, grp["source_idx"].to_numpy()] @ grp["weight"].to_numpy()
+        sources = grp["source_idx"].to_numpy()
+        weights = grp["weight"].to_numpy()
+        log_a[:, g] = log_a[:, sources] @ weights
+        for a, b, kind, strength in active:
+            w = {r: weights[sources == r].sum() for r in (a, b)}
+            direct = w[a] * log_a[:, a] + w[b] * log_a[:, b]
+            if kind == "synergy":
+                log_a[:, g] += strength * direct
+            elif kind == "buffering":
+                log_a[:, g] -= min(strength, 1.0) * direct
+            else:  # epistasis: a masks b
+                log_a[:, g] -= w[b] * log_a[:, b]
         log_a[:, g] += noise[:, g]
         np.clip(log_a[:, g], -6.0, 4.0, out=log_a[:, g])
         if g in knocked:  # set before any later gene (its targets) reads it
             log_a[:, g] = np.log(knockdown)
     return log_a
+
+
+INTERACTION_KINDS = ("synergy", "buffering", "epistasis")
+
+
+def _pick_interactions(
+    edges: pd.DataFrame,
+    pairs: list[tuple[str, str]],
+    position: dict[str, int],
+    n_interactions: int,
+    strength: float,
+) -> list[tuple[str, str, str, str, float]]:
+    """The first ``n_interactions`` doubles with a direct target, kinds in turn."""
+    if n_interactions < 0 or strength < 0:
+        raise ValueError("n_interactions and interaction_strength must be >= 0.")
+    if n_interactions > len(pairs):
+        raise ValueError(
+            f"n_interactions={n_interactions} exceeds the {len(pairs)} simulated doubles; "
+            "raise n_doubles."
+        )
+    has_targets = set(edges["source_idx"].tolist())
+    out = []
+    for a, b in pairs:
+        if len(out) == n_interactions:
+            break
+        kind = INTERACTION_KINDS[len(out) % len(INTERACTION_KINDS)]
+        name = format_condition((a, b))
+        if kind == "epistasis" and position[b] not in has_targets:
+            a, b = b, a  # the masked gene needs targets
+        if position[b] in has_targets or (kind != "epistasis" and position[a] in has_targets):
+            out.append((name, a, b, kind, strength))
+    if len(out) < n_interactions:
+        raise ValueError(
+            f"Only {len(out)} simulated doubles have a direct target for an interaction."
+        )
+    return out
 
 
 def simulate_perturbseq(
@@ -146,6 +207,8 @@ def simulate_perturbseq(
     dispersion: float = 5.0,
     dropout: float = 0.2,
     gene_names: Sequence[str] | None = None,
+    n_interactions: int = 0,
+    interaction_strength: float = 0.8,
     seed: int = 0,
 ) -> ad.AnnData:
     """Simulate a CRISPR knockout screen from a random gene regulatory network.
@@ -192,6 +255,12 @@ def simulate_perturbseq(
     gene_names
         Names of the ``n_genes`` genes (default ``TF00``, ... for regulators and ``G000``, ...
         for targets); pass vocabulary symbols to use a pretrained vocabulary.
+    n_interactions
+        Doubles given a genetic interaction (module docstring), in turn synergy, buffering
+        and epistasis; only pairs with a direct target are eligible (at most ``n_doubles``).
+        ``0`` (default): every double follows the GRN alone, as before.
+    interaction_strength
+        ``s`` of synergy and buffering.
     seed
         Random seed.
 
@@ -209,7 +278,10 @@ def simulate_perturbseq(
         - ``var["gene_name"]``, ``var["is_regulator"]``, ``var["regulon"]`` (the gene's
           strongest regulator; missing for master regulators),
         - ``uns["grn"]``: the true edges (DataFrame ``source``, ``target``, ``weight``; positive
-          activates), ``uns["simulation"]``: the parameters.
+          activates), ``uns["simulation"]``: the parameters,
+        - ``uns["interactions"]``: the interacting doubles (DataFrame ``condition``,
+          ``gene_a``, ``gene_b``, ``kind``, ``strength``; for epistasis ``gene_a`` masks
+          ``gene_b``), empty without ``n_interactions``.
     """
     rng = np.random.default_rng(seed)
     n_genes, n_reg = int(n_genes), int(n_regulators)
@@ -237,6 +309,9 @@ def simulate_perturbseq(
         pick = rng.choice(len(all_pairs), size=min(int(n_doubles), len(all_pairs)), replace=False)
         pairs = [all_pairs[i] for i in sorted(pick)]
     conditions = [()] + [(g,) for g in singles] + pairs
+    interactions = _pick_interactions(
+        edges, pairs, position, int(n_interactions), float(interaction_strength)
+    )
 
     base = rng.lognormal(0.0, 1.0, size=n_genes)
     base /= base.sum()
@@ -258,6 +333,7 @@ def simulate_perturbseq(
             float(knockdown),
             float(regulator_noise),
             float(target_noise),
+            [(position[a], position[b], kind, st) for _, a, b, kind, st in interactions],
         )
         weights = base * np.exp(log_a)
         if scale is None:  # the control cells come first and fix the mRNA scale
@@ -297,6 +373,9 @@ def simulate_perturbseq(
     adata = ad.AnnData(lognorm.astype(np.float32), obs=obs, var=var)
     adata.layers["counts"] = counts
     adata.uns["grn"] = edges[["source", "target", "weight"]].reset_index(drop=True)
+    adata.uns["interactions"] = pd.DataFrame(
+        interactions, columns=["condition", "gene_a", "gene_b", "kind", "strength"]
+    )
     adata.uns["simulation"] = {
         "n_genes": n_genes,
         "n_regulators": n_reg,
@@ -314,6 +393,8 @@ def simulate_perturbseq(
         "library_size_sd": float(library_size_sd),
         "dispersion": float(dispersion),
         "dropout": float(dropout),
+        "n_interactions": len(interactions),
+        "interaction_strength": float(interaction_strength),
         "seed": int(seed),
     }
     return adata

@@ -26,7 +26,7 @@ from scvi_scgpt.model._multiomic_setup import (
     mudata_fields,
 )
 from scvi_scgpt.model._scvi_compat import anndata_uuid, give_own_uuid
-from scvi_scgpt.model._training import highly_variable_columns
+from scvi_scgpt.model._training_defaults import highly_variable_columns
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,11 @@ from scvi import REGISTRY_KEYS
 
 from scvi_scgpt._constants import TOKEN_KEYS
 from scvi_scgpt.dataloaders import PERTURBATION_KEY
+from scvi_scgpt.model._perturbation_combination import CombinationMixin
 from scvi_scgpt.tl._perturbation_data import canonical_condition, condition_genes, dense_rows
 
 
-class PerturbationMixin:
+class PerturbationMixin(CombinationMixin):
     """Predict the expression response to gene perturbations, and run it backwards.
 
     Needs ``SCGPT.setup_anndata(adata, perturbation_key=...)`` and a perturbation model
@@ -81,6 +82,7 @@ class PerturbationMixin:
                 "control_labels": control_labels,
                 "perturbed_columns": perturbed,
             }
+            | self._option_inputs(adata, matrix, [str(c) for c in mapping], control, split)
         }
         if split is not None:
             inputs["splitter"] = {
@@ -127,11 +129,13 @@ class PerturbationMixin:
         batch_size: int | None,
         precision: str,
         keep_cells: bool,
+        offset: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Mean (and per-cell) predictions over every representable gene, chunk by chunk.
 
         Each chunk holds ``gene_chunk_size`` genes plus the perturbed genes, so the flags are
         always seen and activation memory does not grow with the number of genes.
+        ``offset`` (per column) is added to the control cells' input values (additive prior).
         """
         vocab_ids = self._column_vocab_ids(adata)
         usable = np.flatnonzero(vocab_ids >= 0)
@@ -148,6 +152,11 @@ class PerturbationMixin:
             pad_value=0.0,
         )
         pert_ids = torch.as_tensor(vocab_ids[perturbed], device=self.device)
+        shift = None
+        if offset is not None:
+            by_vocab = np.zeros(len(self.vocab_), dtype=np.float32)
+            by_vocab[vocab_ids[usable]] = np.nan_to_num(offset[usable])
+            shift = torch.as_tensor(by_vocab, device=self.device)
         module = self.module
         self.module.eval()
         chunks = [others[i : i + gene_chunk_size] for i in range(0, len(others), gene_chunk_size)]
@@ -163,6 +172,8 @@ class PerturbationMixin:
                 ids = t[TOKEN_KEYS.GENE_IDS][:, 1:]  # no <cls> in the perturbation model
                 values = t[TOKEN_KEYS.VALUES][:, 1:]
                 pad = t[TOKEN_KEYS.PADDING_MASK][:, 1:]
+                if shift is not None:
+                    values = values + shift[ids].to(values.dtype) * (~pad).to(values.dtype)
                 flags = torch.isin(ids, pert_ids).long()
                 inf = module.inference(ids, values, pad, pert_flags=flags)
                 tensors = {TOKEN_KEYS.VALUES: values}
@@ -273,16 +284,25 @@ class PerturbationMixin:
         if chunk < 1:
             raise ValueError(f"gene_chunk_size must be >= 1, got {chunk}.")
         means, per_cell = [], []
+        state = getattr(self, "perturbation_combination_", None)
+        residual = bool(state) and state.get("mode") == "additive_residual"
+        options = {"gene_chunk_size": chunk, "batch_size": batch_size, "precision": precision}
         for cols in columns:
-            mean, cells = self._predict_cells(
-                adata,
-                rows,
-                cols,
-                gene_chunk_size=chunk,
-                batch_size=batch_size,
-                precision=precision,
-                keep_cells=return_cells,
-            )
+            if residual and len(cols) == 2:
+                genes = list(np.asarray(self._gene_names(adata)[0])[cols])
+                mean, prior, cells = self._additive_residual(
+                    adata, rows, genes, keep_cells=return_cells, **options
+                )
+                gate = 1.0 if state.get("gate") is None else float(state["gate"])
+                mean = prior + gate * (mean - prior)
+                if cells is not None:  # per cell: control cell + prior change + gated residual
+                    ctrl_cells = dense_rows(self._expression(adata), rows)
+                    base = ctrl_cells + (prior - ctrl_cells.mean(0))
+                    cells = (base + gate * (cells - base)).astype(np.float32)
+            else:
+                mean, cells = self._predict_cells(
+                    adata, rows, cols, keep_cells=return_cells, **options
+                )
             means.append(mean)
             per_cell.append(cells)
         index = pd.Index(names, name="perturbation")

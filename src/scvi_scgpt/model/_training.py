@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import scipy.sparse as sp
-from anndata import AnnData
 from scvi import REGISTRY_KEYS, settings
 from scvi.dataloaders import DataSplitter
 from scvi.train import TrainRunner
@@ -19,10 +17,12 @@ from scvi_scgpt.data import TokenizerConfig
 from scvi_scgpt.dataloaders import COLLATORS, CellRowsDataModule
 from scvi_scgpt.model._batchnorm import refresh_domain_statistics
 from scvi_scgpt.model._checkpoint import load_into_module
+from scvi_scgpt.model._perturbation_combination import check_combination
 from scvi_scgpt.model._scvi_compat import use_distributed_sampler
 from scvi_scgpt.model._training_defaults import (
     check_against_trivial,
     detect_regime,
+    highly_variable_columns,
     record_best_epoch,
     regime_line,
     resolve_hyperparameters,
@@ -31,40 +31,6 @@ from scvi_scgpt.module import FREEZE_GROUPS, ObjectiveConfig
 from scvi_scgpt.train import PRESETS, AtomicCheckpoint, BestEpoch, SCGPTTrainingPlan
 
 logger = logging.getLogger(__name__)
-
-
-def highly_variable_columns(
-    matrix, n_top: int, batches: np.ndarray | None, *, counts_error: str
-) -> np.ndarray:
-    """Boolean mask of the ``n_top`` highly variable columns (scanpy ``seurat_v3``).
-
-    Parameters
-    ----------
-    matrix
-        ``(n_cells, n_columns)`` raw counts (sparse or dense).
-    n_top
-        Columns to keep.
-    batches
-        Per-cell batch labels (HVGs per batch, as seurat_v3 does), or ``None``.
-    counts_error
-        Message of the ``ValueError`` raised when ``matrix`` is not integer counts.
-    """
-    import scanpy as sc
-
-    data = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
-    if not np.all(np.equal(np.mod(data, 1), 0)):
-        raise ValueError(counts_error)
-    view = AnnData(matrix)
-    if batches is not None:
-        view.obs["hvg_batch"] = np.asarray(batches)
-    hvg = sc.pp.highly_variable_genes(
-        view,
-        flavor="seurat_v3",
-        n_top_genes=n_top,
-        batch_key=None if batches is None else "hvg_batch",
-        inplace=False,
-    )
-    return np.asarray(hvg["highly_variable"], dtype=bool)
 
 
 class TrainingMixin:
@@ -115,6 +81,7 @@ class TrainingMixin:
         plan_kwargs: dict | None = None,
         compile: bool = False,
         refresh_batch_statistics: bool = True,
+        combination: Literal["official", "additive_residual"] = "official",
         **trainer_kwargs,
     ):
         """Fine-tune (or train from scratch) with the scGPT objectives.
@@ -205,6 +172,13 @@ class TrainingMixin:
             momentum averages kept while training describe earlier weights, while new batches
             mapped by :meth:`load_query_data` are estimated fresh. Measured in
             ``docs/training.md``: better mapping, less batch mixing.
+        combination
+            Task ``"perturbation"``: ``"official"`` (a double is predicted from control cells
+            with two flags) or ``"additive_residual"``: a double's input is the control cell
+            plus the training singles' observed changes, the network learns the residual,
+            and a gate in [0, 1] fitted on the validation doubles shrinks it towards the
+            additive prior (``docs/perturbation.md``). The DE-weighted loss is
+            ``objectives={"perturbation_loss": "wmse"}``.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` / Lightning (``precision="bf16-mixed"``,
             ``strategy``, ``num_nodes``, ``callbacks``, ...).
@@ -246,6 +220,10 @@ class TrainingMixin:
             objectives = dataclasses.replace(preset.objectives, **objectives)
         objectives = objectives or preset.objectives
         self._configure_for(objectives, preset, n_top_genes, tokenizer)
+        self._perturbation_options = {
+            "combination": check_combination(task, combination),
+            "loss": objectives.perturbation_loss,
+        }
         if freeze is not None:
             self._freeze(freeze)
         # a datamodule sends each file's own gene ids with its minibatches
@@ -368,6 +346,8 @@ class TrainingMixin:
         result = runner()
         if keeper is not None and keeper.restore:
             self.training_task_["best_epoch"] = record_best_epoch(self, keeper)
+        if task == "perturbation":
+            self._fit_residual_gate()
         if (
             refresh_batch_statistics
             and datamodule is None
@@ -453,14 +433,17 @@ class TrainingMixin:
         self.module = module
         self.architecture = config
         kwargs = self.init_params_["kwargs"].setdefault("architecture", {})
-        kwargs.update(changes)
+        named = self.init_params_["non_kwargs"]  # d_model, ..., dropout: named arguments
+        for key, value in changes.items():
+            (named if key in named else kwargs)[key] = value
         logger.info("Added or resized heads for training: %s", changes)
 
     def _set_tokenizer(self, **changes) -> None:
         if not changes:
             return
         self.tokenizer_config = dataclasses.replace(self.tokenizer_config, **changes)
-        self.init_params_["non_kwargs"].update(changes)
+        named = self.init_params_["non_kwargs"]  # pad_value is no argument of SCGPT()
+        named.update({k: v for k, v in changes.items() if k in named})
 
     def _select_hvgs(self, n_top_genes: int) -> list[str]:
         """Highly variable vocabulary genes (seurat_v3 on counts, per batch)."""

@@ -7,7 +7,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
+from anndata import AnnData
 from scvi import REGISTRY_KEYS, settings
 
 from scvi_scgpt.train import (
@@ -29,6 +31,40 @@ _REGIME_WORDS = {
 }
 #: Minibatches read to fit and to score the per-gene-mean predictor.
 TRIVIAL_MAX_BATCHES = 50
+
+
+def highly_variable_columns(
+    matrix, n_top: int, batches: np.ndarray | None, *, counts_error: str
+) -> np.ndarray:
+    """Boolean mask of the ``n_top`` highly variable columns (scanpy ``seurat_v3``).
+
+    Parameters
+    ----------
+    matrix
+        ``(n_cells, n_columns)`` raw counts (sparse or dense).
+    n_top
+        Columns to keep.
+    batches
+        Per-cell batch labels (HVGs per batch, as seurat_v3 does), or ``None``.
+    counts_error
+        Message of the ``ValueError`` raised when ``matrix`` is not integer counts.
+    """
+    import scanpy as sc
+
+    data = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
+    if not np.all(np.equal(np.mod(data, 1), 0)):
+        raise ValueError(counts_error)
+    view = AnnData(matrix)
+    if batches is not None:
+        view.obs["hvg_batch"] = np.asarray(batches)
+    hvg = sc.pp.highly_variable_genes(
+        view,
+        flavor="seurat_v3",
+        n_top_genes=n_top,
+        batch_key=None if batches is None else "hvg_batch",
+        inplace=False,
+    )
+    return np.asarray(hvg["highly_variable"], dtype=bool)
 
 
 def detect_regime(model, regime: str = "auto") -> tuple[str, str]:

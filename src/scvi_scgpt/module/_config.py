@@ -216,6 +216,12 @@ class ObjectiveConfig:
         control cell's log-normalised expression with per-gene perturbation flags, the target
         a perturbed cell's expression; MSE over every gene token. Needs a perturbation model
         (``use_pert_flags``) and the paired-control collator.
+    perturbation_loss
+        ``"mse"`` (official: every gene counts the same) or ``"wmse"``: the DE-weighted MSE of
+        "Diversity by design" (2025), each gene's squared error weighted by the absolute
+        Welch t statistic of the target cell's condition against the control cells (training
+        cells), normalised per cell, so the few genes a perturbation changes are not drowned
+        by the many it leaves alone (less collapse to the mean response).
     ecs_threshold, ecs_weight, dar_weight, gep_weight, gepc_weight, cls_weight
         Threshold and loss weights (official integration tutorial: 0.8, 10, 1).
     """
@@ -229,6 +235,7 @@ class ObjectiveConfig:
     generative: bool = False
     cell_prompt: bool = True
     perturbation: bool = False
+    perturbation_loss: str = "mse"
     gen_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
     mask_ratio: float = 0.4
     ecs_threshold: float = 0.8
@@ -239,6 +246,14 @@ class ObjectiveConfig:
     cls_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.perturbation_loss not in ("mse", "wmse"):
+            raise ValueError(
+                f"perturbation_loss must be 'mse' or 'wmse', got {self.perturbation_loss!r}."
+            )
+        if self.perturbation_loss not in ("mse", "wmse"):
+            raise ValueError(
+                f"perturbation_loss must be 'mse' or 'wmse', got {self.perturbation_loss!r}."
+            )
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}.")
         if (

@@ -335,7 +335,7 @@ class SCGPTModule(BaseModuleClass):
             objectives = ObjectiveConfig(gepc=hasattr(self, "mvc_decoder"))
         obj = objectives
         if obj.perturbation:
-            return perturbation_loss(tensors, generative_outputs)
+            return perturbation_loss(tensors, generative_outputs, obj.perturbation_loss)
         if obj.generative:
             return self._generative_loss(tensors, inference_outputs, generative_outputs, obj)
         values = tensors[TOKEN_KEYS.VALUES]

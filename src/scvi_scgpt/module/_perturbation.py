@@ -10,9 +10,11 @@ from scvi_scgpt.module._losses import masked_mse
 
 
 def perturbation_loss(
-    tensors: dict[str, torch.Tensor], generative_outputs: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor],
+    generative_outputs: dict[str, torch.Tensor],
+    loss: str = "mse",
 ) -> LossOutput:
-    """MSE between predicted and perturbed-cell expression over every gene token.
+    """MSE (or DE-weighted MSE) between predicted and perturbed-cell expression.
 
     Parameters
     ----------
@@ -21,6 +23,10 @@ def perturbation_loss(
         ``pert_flags``, ``target_values`` (the perturbed cell) and ``padding_mask``.
     generative_outputs
         Module outputs with ``expr``.
+    loss
+        ``"mse"`` over every gene token, or ``"wmse"``: per cell, the squared errors
+        weighted by ``tensors[TOKEN_KEYS.DE_WEIGHTS]`` (normalised to sum 1 over the
+        cell's tokens), averaged over cells.
 
     Returns
     -------
@@ -36,11 +42,22 @@ def perturbation_loss(
     keep = ~tensors[TOKEN_KEYS.PADDING_MASK]
     pred = generative_outputs["expr"]
     mse = masked_mse(pred, target, keep)
+    extra = {}
+    if loss == "wmse":
+        if TOKEN_KEYS.DE_WEIGHTS not in tensors:
+            raise ValueError("The DE-weighted MSE needs per-token weights from the collator.")
+        w = tensors[TOKEN_KEYS.DE_WEIGHTS].to(pred.dtype) * keep.to(pred.dtype)
+        w = w / w.sum(1, keepdim=True).clamp(min=1e-12)
+        value = ((pred - target) ** 2 * w).sum(1).mean()
+        extra["perturbation_wmse"] = value.detach()
+    else:
+        value = mse
     return LossOutput(
-        loss=mse,
+        loss=value,
         n_obs_minibatch=target.shape[0],
         extra_metrics={
             "perturbation_mse": mse.detach(),
+            **extra,
             "perturbation_pearson": cell_pearson(pred.detach(), target, keep),
         },
     )

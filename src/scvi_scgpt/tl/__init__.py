@@ -29,6 +29,11 @@ from scvi_scgpt.tl._networks import (
     network_to_networkx,
 )
 from scvi_scgpt.tl._perturbation_baselines import perturbation_baselines
+from scvi_scgpt.tl._perturbation_celleval import (
+    CELL_EVAL_METRICS,
+    cell_eval_metrics,
+    cell_eval_pair,
+)
 from scvi_scgpt.tl._perturbation_data import condition_means
 from scvi_scgpt.tl._perturbation_metrics import (
     evaluate_perturbation_predictions,
@@ -39,9 +44,12 @@ from scvi_scgpt.tl._perturbation_split import perturbation_split, split_subgroup
 from scvi_scgpt.tl._programs import gene_programs, program_genes, score_gene_programs
 
 __all__ = [
+    "CELL_EVAL_METRICS",
     "AttentionAccumulator",
     "attention_target_table",
     "cell_embeddings_from_genes",
+    "cell_eval_metrics",
+    "cell_eval_pair",
     "coexpression_network",
     "condition_means",
     "cosine_similarity",

@@ -3,6 +3,12 @@
 - ``no_change``: the control mean;
 - ``train_mean``: the mean of the training conditions' mean profiles;
 - ``additive``: control mean plus the sum of the single-gene changes seen in training;
+- ``scaled_additive``: the additive change times one factor ``alpha`` fitted by least squares
+  on the training doubles (``alpha < 1``: buffering on average, ``> 1``: synergy);
+- ``matching_mean``: Systema's (Vinas Torne et al., Nat Biotech 2025) matching mean, the mean
+  of the training singles' profiles of a double's genes (a gene without a training single
+  uses the perturbed centroid, the mean of the training perturbations' profiles), and the
+  perturbed centroid for a single;
 - ``linear``: the linear model of Ahlmann-Eltze, Huber & Anders (Nat Methods 2025),
   ``Y ~ G W P^T + b``, with gene embeddings ``G`` from a PCA of the training mean profiles,
   perturbation embeddings ``P`` the rows of ``G`` of the perturbed genes (summed for a double)
@@ -24,7 +30,14 @@ from scvi_scgpt.tl._perturbation_data import (
     condition_means,
 )
 
-BASELINES = ("no_change", "train_mean", "additive", "linear")
+BASELINES = (
+    "no_change",
+    "train_mean",
+    "additive",
+    "scaled_additive",
+    "matching_mean",
+    "linear",
+)
 
 
 def linear_model_fit(
@@ -66,6 +79,29 @@ def linear_model_fit(
     return g, w, b
 
 
+def additive_scale(
+    means: pd.DataFrame,
+    parsed: dict[str, tuple[str, ...]],
+    train: Sequence[str],
+    single_delta: dict[str, np.ndarray],
+    ctrl_mean: np.ndarray,
+) -> float:
+    """Least-squares ``alpha`` of ``delta_AB = alpha (delta_A + delta_B)`` on training doubles.
+
+    Only doubles whose genes both have a training single count; ``1.0`` when there is none
+    (or their summed changes are all zero).
+    """
+    num = den = 0.0
+    for c in train:
+        perturbed = parsed[c]
+        if len(perturbed) < 2 or any(g not in single_delta for g in perturbed):
+            continue
+        summed = sum(single_delta[g] for g in perturbed)
+        num += float(summed @ (means.loc[c].to_numpy() - ctrl_mean))
+        den += float(summed @ summed)
+    return num / den if den > 0 else 1.0
+
+
 def perturbation_baselines(
     adata: AnnData,
     conditions: Sequence[str | Sequence[str]],
@@ -77,7 +113,7 @@ def perturbation_baselines(
     n_components: int = 10,
     ridge: float = 0.1,
 ) -> dict[str, pd.DataFrame]:
-    """Predict conditions' mean expression with the four simple baselines.
+    """Predict conditions' mean expression with the simple baselines.
 
     Parameters
     ----------
@@ -91,7 +127,8 @@ def perturbation_baselines(
     perturbation_key, control_group
         Condition column and control condition.
     methods
-        Any of ``"no_change"``, ``"train_mean"``, ``"additive"``, ``"linear"``.
+        Any of ``"no_change"``, ``"train_mean"``, ``"additive"``, ``"scaled_additive"``,
+        ``"matching_mean"``, ``"linear"`` (default: all).
     n_components, ridge
         Embedding dimension and ridge penalty of ``"linear"`` (Ahlmann-Eltze et al.: 10, 0.1).
 
@@ -99,7 +136,10 @@ def perturbation_baselines(
     -------
     ``{method: DataFrame}``, each conditions (GEARS spelling, in the order given) x
     ``adata.var_names``. ``"additive"`` adds the single-gene changes of the training singles;
-    a gene without a training single contributes no change. Nothing is written into ``adata``.
+    a gene without a training single contributes no change. ``"scaled_additive"`` multiplies
+    that change by ``alpha``, the least-squares fit of the observed changes of the training
+    doubles whose two genes have training singles (``alpha = 1`` without such doubles);
+    ``alpha`` is in ``frame.attrs["alpha"]``. Nothing is written into ``adata``.
 
     Raises
     ------
@@ -140,13 +180,27 @@ def perturbation_baselines(
         out["no_change"] = frame(np.tile(ctrl_mean, (len(names), 1)))
     if "train_mean" in methods:
         out["train_mean"] = frame(np.tile(means.to_numpy().mean(0), (len(names), 1)))
+    single_delta = {
+        parsed[c][0]: means.loc[c].to_numpy() - ctrl_mean for c in train if len(parsed[c]) == 1
+    }
+    zero = np.zeros_like(ctrl_mean)
+    empty = np.empty((0, len(genes)))
+    summed = [sum((single_delta.get(g, zero) for g in p), zero) for p in wanted]
     if "additive" in methods:
-        single_delta = {
-            parsed[c][0]: means.loc[c].to_numpy() - ctrl_mean for c in train if len(parsed[c]) == 1
-        }
-        zero = np.zeros_like(ctrl_mean)
-        rows = [ctrl_mean + sum((single_delta.get(g, zero) for g in p), zero) for p in wanted]
-        out["additive"] = frame(np.stack(rows) if rows else np.empty((0, len(genes))))
+        out["additive"] = frame(np.stack([ctrl_mean + d for d in summed]) if summed else empty)
+    if "scaled_additive" in methods:
+        alpha = additive_scale(means, parsed, train, single_delta, ctrl_mean)
+        rows = [ctrl_mean + alpha * d for d in summed]
+        out["scaled_additive"] = frame(np.stack(rows) if rows else empty)
+        out["scaled_additive"].attrs["alpha"] = alpha
+    if "matching_mean" in methods:
+        centroid = means.to_numpy().mean(0)
+        single_mean = {g: ctrl_mean + d for g, d in single_delta.items()}
+        rows = [
+            np.mean([single_mean.get(g, centroid) for g in p], axis=0) if len(p) > 1 else centroid
+            for p in wanted
+        ]
+        out["matching_mean"] = frame(np.stack(rows) if rows else empty)
     if "linear" in methods:
         g, w, b = linear_model_fit(
             means.to_numpy(),

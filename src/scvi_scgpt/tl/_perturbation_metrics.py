@@ -15,16 +15,29 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from scvi_scgpt.tl._perturbation_data import condition_means, dense_rows
+from scvi_scgpt.tl._perturbation_data import (
+    canonical_condition,
+    condition_genes,
+    condition_means,
+    dense_rows,
+)
+from scvi_scgpt.tl._perturbation_scores import (
+    INTERACTION_THRESHOLD,
+    SCORES,
+    condition_scores,
+    top_expressed,
+)
 
+#: The plain mean squared error of the means is cell-eval's ``mse``
+#: (:func:`cell_eval_metrics`); ours was removed.
 METRICS = (
     "pearson",
     "pearson_de",
     "pearson_delta",
     "pearson_de_delta",
-    "mse",
     "mse_de",
     "frac_correct_direction_de",
+    *SCORES,
 )
 
 
@@ -125,15 +138,26 @@ def perturbation_metrics(
     control_group: str = "ctrl",
     de_genes: Mapping[str, Sequence[str]] | None = None,
     n_de: int = 20,
+    centroid: np.ndarray | pd.Series | None = None,
+    n_top_expressed: int = 1000,
+    interaction_threshold: float = INTERACTION_THRESHOLD,
 ) -> pd.DataFrame:
     """GEARS / scGPT-tutorial metrics of predicted mean expression, per condition and averaged.
 
     Per condition: ``pearson`` (mean expression, all genes), ``pearson_de`` (top ``n_de`` DE
     genes), ``pearson_delta`` and ``pearson_de_delta`` (the same on the change from the control
-    mean), ``mse`` and ``mse_de`` (mean squared error of the means), and
+    mean), ``mse_de`` (mean squared error of the means on the DE genes),
     ``frac_correct_direction_de`` (fraction of DE genes whose predicted change from the control
-    has the observed sign). A correlation with a constant vector (e.g. the "no change"
-    prediction's deltas) is ``NaN``.
+    has the observed sign), and the scores of ``tl._perturbation_scores``:
+    ``l2_top_expressed`` (Ahlmann-Eltze et al.: L2 distance on the ``n_top_expressed`` genes
+    with the highest control mean), ``pearson_delta_centroid`` (Systema: Pearson-delta
+    against the perturbed centroid), ``wmse`` (DE-weighted MSE, weights ``|t|`` summing to
+    1; with means only, ``|observed change|``), and for doubles whose singles were observed
+    ``interaction_pearson`` / ``interaction_sign`` / ``n_interaction_genes`` (predicted vs
+    observed ``AB - (A + B - ctrl)`` on the genes where the observed one exceeds
+    ``interaction_threshold``). A correlation with a constant vector (e.g. the "no change"
+    prediction's deltas) is ``NaN``. The plain MSE of the means is cell-eval's ``mse``
+    (:func:`cell_eval_metrics`).
 
     Parameters
     ----------
@@ -152,6 +176,13 @@ def perturbation_metrics(
         ``uns["rank_genes_groups_cov_all"]`` mapped to conditions); default: ranked here.
     n_de
         Number of top DE genes (20 in GEARS and scGPT).
+    centroid
+        Perturbed centroid of ``pearson_delta_centroid`` (default: the mean of the observed
+        mean profiles of every non-control condition of ``truth``).
+    n_top_expressed
+        Genes of ``l2_top_expressed`` (Ahlmann-Eltze et al.: 1,000).
+    interaction_threshold
+        Minimum ``|observed interaction|`` of a gene scored by the interaction metrics.
 
     Returns
     -------
@@ -210,6 +241,10 @@ def perturbation_metrics(
             n_top=n_de,
         )
     position = {g: i for i, g in enumerate(genes)}
+    extra = _score_inputs(
+        truth, pred.index, genes, ctrl_mean, control, perturbation_key, control_group, centroid
+    )
+    top = top_expressed(ctrl_mean, n_top_expressed)
     rows = []
     for cond in pred.index:
         p = pred.loc[cond].to_numpy()
@@ -224,15 +259,64 @@ def perturbation_metrics(
                 "pearson_de": _pearson(p[de], t[de]),
                 "pearson_delta": _pearson(dp, dt),
                 "pearson_de_delta": _pearson(dp[de], dt[de]),
-                "mse": float(np.mean((p - t) ** 2)),
                 "mse_de": float(np.mean((p[de] - t[de]) ** 2)),
                 "frac_correct_direction_de": float(np.mean(np.sign(dp[de]) == np.sign(dt[de]))),
             }
+            | condition_scores(
+                p,
+                t,
+                ctrl_mean,
+                extra["centroid"],
+                extra["weights"](cond, t),
+                top,
+                extra["singles"].get(cond),
+                interaction_threshold,
+            )
         )
     table = pd.DataFrame(rows, index=pd.Index(pred.index, name="condition"), columns=METRICS)
     table["n_cells"] = n_cells
     table.loc["mean"] = table.mean(skipna=True)
     return table
+
+
+def _score_inputs(
+    truth, conditions, genes, ctrl_mean, control, perturbation_key, control_group, centroid
+) -> dict:
+    """Perturbed centroid, WMSE weights and observed singles of doubles, from ``truth``."""
+    if isinstance(truth, AnnData):
+        labels = truth.obs[perturbation_key].astype(str).to_numpy()
+        observed = sorted(set(labels) - {control_group})
+        means = condition_means(truth, perturbation_key=perturbation_key, conditions=observed)
+        if isinstance(control, AnnData):
+            ctrl_cells = dense_rows(control[:, genes].X)
+        else:
+            ctrl_cells = dense_rows(truth.X, np.flatnonzero(labels == control_group))
+
+        def weights(cond, _t):
+            return welch_t(dense_rows(truth.X, np.flatnonzero(labels == cond)), ctrl_cells)
+
+    else:
+        means = _as_profile_frame(truth, genes, "truth")
+        means = means.loc[[c for c in means.index if c != control_group]]
+
+        def weights(_cond, t):
+            return t - ctrl_mean
+
+    if centroid is None:
+        ref = means.to_numpy().mean(0)
+    else:
+        ref = np.asarray(
+            centroid.reindex(genes) if isinstance(centroid, pd.Series) else centroid, float
+        ).ravel()
+    singles = {}
+    for cond in conditions:
+        perturbed = condition_genes(str(cond), control=control_group)
+        if len(perturbed) != 2:
+            continue
+        names = [canonical_condition([g], control=control_group) for g in perturbed]
+        if all(n in means.index for n in names):
+            singles[cond] = (means.loc[names[0]].to_numpy(), means.loc[names[1]].to_numpy())
+    return {"centroid": ref, "weights": weights, "singles": singles}
 
 
 def evaluate_perturbation_predictions(
