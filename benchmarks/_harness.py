@@ -7,8 +7,11 @@ A script keeps only its experiment and takes the rest from here:
   (``scvi_scgpt.datasets``); outputs go to ``benchmarks/output/<name>/`` (git-ignored);
 - **machine**: CPU model, cores, memory, torch threads and library versions;
 - **logging**: ``[script HH:MM:SS] message`` lines on stdout, the training stack silenced;
-- **output**: JSON (numpy values converted) and one named section of ``benchmarks/RESULTS.md``
-  between ``<!-- name:begin -->`` / ``<!-- name:end -->`` markers, the prose around it kept;
+- **output**: JSON (numpy values converted); on full runs ``publish`` stores the section a run
+  renders as ``benchmarks/results/<section>.json`` (command, machine, versions, figures,
+  markdown) and puts it between the ``<!-- name:begin -->`` / ``<!-- name:end -->`` markers
+  of ``benchmarks/RESULTS.md``, which ``python -m benchmarks render`` rebuilds from
+  ``benchmarks/results/``;
 - **CLI**: ``--out --threads --seed --quick`` for every script, the model-shape options and
   the interpreters of the two sides;
 - **shapes**: the small model configurations the scripts train and time.
@@ -26,6 +29,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shlex
 import sys
 import warnings
@@ -37,6 +41,10 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 OUTPUT_DIR = BENCH_DIR / "output"
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
+#: The folder of stored results beside a results file (``benchmarks/results/``, in git).
+RESULTS_DIR_NAME = "results"
+#: The file in that folder that fixes the preamble and the order of the sections.
+INDEX_FILE = "index.json"
 DATA_ENV = "SCVI_SCGPT_DATA"
 OFFICIAL_PYTHON = REPO / ".official-venv" / "bin" / "python"
 # figures are written to files, never shown
@@ -314,17 +322,95 @@ def write_section(name: str, body: str, path: str | Path = RESULTS_MD) -> Path:
     return path
 
 
+def results_dir(results_md: str | Path = RESULTS_MD) -> Path:
+    """The folder of the stored results behind ``results_md``: ``results/`` beside it."""
+    return Path(results_md).parent / RESULTS_DIR_NAME
+
+
+def read_index(folder: str | Path) -> dict[str, Any]:
+    """``{"preamble": text, "order": [section, ...]}`` of a results folder (empty if none)."""
+    path = Path(folder) / INDEX_FILE
+    index = read_json(path) if path.is_file() else {}
+    index.setdefault("preamble", "# Benchmark results")
+    index.setdefault("order", [])
+    return index
+
+
+def write_index(folder: str | Path, index: dict[str, Any]) -> Path:
+    return write_json(Path(folder) / INDEX_FILE, index)
+
+
+def markdown_tables(text: str) -> list[dict[str, list]]:
+    """The GitHub tables of a markdown text, as ``{"header": [...], "rows": [[...], ...]}``."""
+    tables, block = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.lstrip().startswith("|"):
+            block.append(line.strip())
+            continue
+        if len(block) >= 2 and set(block[1].replace("|", "").strip()) <= set("-: "):
+            cells = [[c.strip() for c in re.split(r"(?<!\\)\|", row.strip("|"))] for row in block]
+            tables.append({"header": cells[0], "rows": cells[2:]})
+        block = []
+    return tables
+
+
+def store_result(results_md: str | Path, record: dict[str, Any]) -> Path:
+    """Write ``record`` as ``<results_dir>/<section>.json``; a new section joins the index."""
+    folder = results_dir(results_md)
+    path = write_json(folder / f"{record['section']}.json", record)
+    index = read_index(folder)
+    if record["section"] not in index["order"]:
+        index["order"].append(record["section"])
+        write_index(folder, index)
+    return path
+
+
+def publish(
+    args: argparse.Namespace,
+    section: str,
+    markdown: str,
+    results: dict | None = None,
+    *,
+    echo: bool = True,
+) -> str:
+    """Print a run's ``markdown`` and, on full runs, record it.
+
+    When ``args.results_md`` is set (not ``--quick`` / ``--no-results-md``), the run is
+    stored as ``results/<section>.json`` beside that file, with the command, the machine
+    (versions included), ``results`` (the figures) and the markdown, and the markdown
+    replaces the ``section`` of the file. Returns ``markdown``.
+    """
+    if echo:
+        print(markdown)
+    if getattr(args, "results_md", None):
+        figures = dict(results or {})
+        record = {
+            "section": section,
+            "script": getattr(args, "script", f"{args.bench_name}.py"),
+            "command": figures.pop("command", args.command),
+            "kind": "run",
+            "machine": figures.pop("machine", None) or machine_info(),
+            "results": figures,
+            "tables": markdown_tables(markdown),
+            "markdown": markdown.strip(),
+        }
+        store_result(args.results_md, record)
+        if Path(args.results_md).exists():
+            write_section(section, markdown, args.results_md)
+        else:  # a new file: the whole of it, from its results folder
+            from _suite import render
+
+            render(args.results_md)
+    return markdown
+
+
 def report(
     args: argparse.Namespace, res: dict, render: Callable[[dict], str], section: str
 ) -> str:
-    """Write ``results.json``, render ``res`` as markdown, print it and, on full runs, put it
-    in the ``section`` of ``RESULTS.md``; returns the text."""
+    """Write ``results.json``, render ``res`` as markdown, print it and, on full runs,
+    ``publish`` it as the ``section`` of ``RESULTS.md``; returns the text."""
     write_results(args, res)
-    text = render(res)
-    print(text)
-    if args.results_md:
-        write_section(section, text, args.results_md)
-    return text
+    return publish(args, section, render(res), res)
 
 
 def run_parts(
@@ -453,6 +539,7 @@ def parse(
         elif args.results_md is None and not args.quick:
             args.results_md = RESULTS_MD
     script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else f"{name}.py"
+    args.script = script
     args.command = f".venv/bin/python benchmarks/{script} {shlex.join(argv)}".rstrip()
     return args
 

@@ -712,10 +712,8 @@ def report_only(args) -> dict:
     for case in results["cases"]:
         compare_case(case, args.out / "runs" / case["label"])
     h.write_json(out_json, results)
-    section = render(results)
-    print(section)
+    h.publish(args, SECTION, render(results), results)
     if args.results_md is not None:
-        h.write_section(SECTION, section, args.results_md)
         log(f"updated {args.results_md}")
     return results
 
@@ -789,11 +787,9 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_s": time.time() - started,
     }
     out_json = h.write_results(args, results, "scaling.json" if args.scaling else "results.json")
-    section = render(results)
-    print(section)
+    h.publish(args, SECTION, render(results), results)
     log(f"wrote {out_json}")
     if args.results_md is not None:
-        h.write_section(SECTION, section, args.results_md)
         log(f"updated {args.results_md}")
     return results
 

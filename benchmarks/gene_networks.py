@@ -288,7 +288,8 @@ def main() -> None:
         return
     pb = pbmc(args, log)
     wall = time.perf_counter() - t0
-    h.write_results(args, {"simulated": sim, "pbmc68k": pb, "wall_s": wall})
+    res = {"simulated": sim, "pbmc68k": pb, "wall_s": wall}
+    h.write_results(args, res)
 
     prog_rows = [
         [k, h.fmt(v["ari"], 3), v["n_programs"], v["n_unassigned"]]
@@ -334,9 +335,7 @@ Gene programs vs true regulons (each target's strongest regulator):
 {h.markdown_table(["program", "genes", "highest in", "z", "PBMC markers", "first genes"],
                   pbmc_rows)}
 """  # fmt: skip
-    print(body)
-    if args.results_md:
-        h.write_section("gene_networks", body, args.results_md)
+    h.publish(args, "gene_networks", body, res)
 
 
 if __name__ == "__main__":

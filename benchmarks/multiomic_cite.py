@@ -307,7 +307,7 @@ def main() -> None:
         figures = h.BENCH_DIR / "figures"
         for png in sorted(args.out.glob("multiomic_*_umap.png")):
             shutil.copy(png, figures / png.name)
-        h.write_section("multiomic", report(args, payload, runs, wall), args.results_md)
+        h.publish(args, "multiomic", report(args, payload, runs, wall), payload, echo=False)
         log(f"wrote the 'multiomic' section of {args.results_md}")
     log(f"total {wall:.0f} s")
 

@@ -350,10 +350,8 @@ def main(argv=None) -> None:
     )
     out = h.write_results(args, payload)
     log(f"wrote {out}")
-    section = results_section(payload)
-    print(section)
+    h.publish(args, SECTION, results_section(payload), payload)
     if args.results_md is not None:
-        h.write_section(SECTION, section, args.results_md)
         log(f"updated {args.results_md}")
 
 

@@ -350,6 +350,13 @@ def test_additive_residual_prior_gate_and_save(screen, tmp_path):
     np.testing.assert_allclose(
         model.predict_perturbation(test_double, key_added=None).to_numpy()[0], prior, atol=1e-4
     )
+    # the prior does not depend on the sampled control cells: the training control mean
+    sampled = model.predict_perturbation(test_double, n_control_cells=20, key_added=None)
+    np.testing.assert_allclose(
+        sampled.to_numpy()[0],
+        ctrl_train + state["single_deltas"].loc[[a, b]].to_numpy().sum(0),
+        atol=1e-4,
+    )
     state["gate"] = 1.0  # the network's own output on the prior input differs from it
     full = model.predict_perturbation(test_double, key_added=None).to_numpy()[0]
     assert np.abs(full - prior).max() > 1e-3
@@ -358,15 +365,23 @@ def test_additive_residual_prior_gate_and_save(screen, tmp_path):
     np.testing.assert_allclose(half, (prior + full) / 2, atol=1e-4)
     cells = model.predict_perturbation(test_double, return_cells=True, key_added=None)
     np.testing.assert_allclose(cells.X.mean(0), half, atol=1e-4)
-    # a single is the network's prediction from the control, as in the official mode
-    single = model.predict_perturbation("TF01+ctrl", key_added=None)
-    assert np.isfinite(single.to_numpy()).all()
+    # a single measured in training is its observed change (the prior of its doubles) ...
+    ctrl = x[labels == "ctrl"].mean(0)
+    single = model.predict_perturbation("TF01+ctrl", key_added=None).to_numpy()[0]
+    np.testing.assert_allclose(single, ctrl + state["single_deltas"].loc["TF01"], atol=1e-4)
+    per_cell = model.predict_perturbation("TF01", return_cells=True, key_added=None)
+    np.testing.assert_allclose(per_cell.X.mean(0), single, atol=1e-4)
+    # ... and an unmeasured single is the network's prediction, as in the official mode
+    deltas = state["single_deltas"]
+    state["single_deltas"] = deltas.drop("TF01")
+    network = model.predict_perturbation("TF01+ctrl", key_added=None).to_numpy()[0]
+    assert np.isfinite(network).all() and np.abs(network - single).max() > 1e-3
+    state["single_deltas"] = deltas
     model.save(tmp_path / "m", save_anndata=True)
     loaded = SCGPT.load(tmp_path / "m", accelerator="cpu")
     assert loaded.perturbation_combination_["gate"] == 0.5
-    pd.testing.assert_frame_equal(
-        loaded.perturbation_combination_["single_deltas"], state["single_deltas"]
-    )
+    for field in ("single_deltas", "control_mean"):
+        pd.testing.assert_frame_equal(loaded.perturbation_combination_[field], state[field])
 
 
 def test_additive_residual_rejects_bad_modes_and_missing_singles(screen):

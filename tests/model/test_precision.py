@@ -60,3 +60,18 @@ def test_compiled_embedding_matches_eager(official_dir, official_cells):
     assert float(np.min(np.sum(low * low_compiled, axis=1))) > 0.999
     layers = model.module.transformer_encoder.layers
     assert all("_finish" not in layer.__dict__ for layer in layers)
+
+
+def test_annotation_takes_precision(counts_adata):
+    """``predict`` / ``annotate`` run in bf16 like embedding, and agree with fp32."""
+    SCGPT.setup_anndata(counts_adata, labels_key="cell_type")
+    model = SCGPT(counts_adata, d_model=32, n_layers=1, n_heads=2, d_hid=32, seed=0)
+    model.train("annotation", max_epochs=1, accelerator="cpu")
+    fp32 = model.predict(return_probabilities=True)
+    bf16 = model.predict(return_probabilities=True, precision="bf16")
+    assert not np.array_equal(fp32.to_numpy(), bf16.to_numpy())  # bf16 really ran
+    np.testing.assert_allclose(bf16.to_numpy(), fp32.to_numpy(), atol=0.05)
+    model.annotate(counts_adata, key_added="bf16_types", precision="bf16")
+    assert (counts_adata.obs["bf16_types"].to_numpy() == bf16.idxmax(1).to_numpy()).all()
+    with pytest.raises(ValueError, match="precision"):
+        model.predict(precision="8")

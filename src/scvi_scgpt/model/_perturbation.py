@@ -299,6 +299,13 @@ class PerturbationMixin(CombinationMixin):
                     ctrl_cells = dense_rows(self._expression(adata), rows)
                     base = ctrl_cells + (prior - ctrl_cells.mean(0))
                     cells = (base + gate * (cells - base)).astype(np.float32)
+            elif residual and len(cols) == 1 and self._measured_single(adata, cols) is not None:
+                # a single measured in training: its observed change, the prior of its doubles
+                ctrl_cells = dense_rows(self._expression(adata), rows)
+                shift = self._prior_control(adata, ctrl_cells.mean(0)) - ctrl_cells.mean(0)
+                delta = self._measured_single(adata, cols) + shift
+                mean = ctrl_cells.mean(0) + delta
+                cells = (ctrl_cells + delta).astype(np.float32) if return_cells else None
             else:
                 mean, cells = self._predict_cells(
                     adata, rows, cols, keep_cells=return_cells, **options
@@ -328,6 +335,14 @@ class PerturbationMixin(CombinationMixin):
         )
         obs.index = [f"{p}|{c}" for p, c in zip(obs["perturbation"], obs["control_cell"])]
         return AnnData(np.concatenate(per_cell), obs=obs, var=pd.DataFrame(index=adata.var_names))
+
+    def _measured_single(self, adata: AnnData, cols: np.ndarray) -> np.ndarray | None:
+        """The training single's observed change of an additive-residual model, or ``None``."""
+        deltas = self.perturbation_combination_["single_deltas"]
+        gene = str(np.asarray(self._gene_names(adata)[0])[cols][0])
+        if gene not in deltas.index:
+            return None
+        return np.nan_to_num(deltas.loc[gene].reindex(adata.var_names).to_numpy(dtype=float))
 
     def _expression(self, adata: AnnData):
         return self.get_anndata_manager(adata, required=True).get_from_registry(

@@ -144,7 +144,8 @@ class CombinationMixin:
     Used by :class:`~scvi_scgpt.model._perturbation.PerturbationMixin`, which provides the
     prediction helpers (``_predict_cells``, ``_control_rows``, ...). The state of an
     additive-residual model is ``perturbation_combination_`` (``mode``, the training
-    singles' observed changes ``single_deltas`` and the residual ``gate``), saved with it.
+    singles' observed changes ``single_deltas``, the training ``control_mean`` they refer to
+    and the residual ``gate``), saved with it.
     """
 
     def _option_inputs(self, adata, matrix, conditions, control, split) -> dict:
@@ -168,6 +169,11 @@ class CombinationMixin:
             self.perturbation_combination_ = {
                 "mode": combination,
                 "single_deltas": deltas,
+                "control_mean": pd.DataFrame(
+                    mean[[conditions.index(control)]],
+                    index=pd.Index([control]),
+                    columns=pd.Index(adata.var_names),
+                ),
                 "gate": None,
             }
         else:
@@ -216,6 +222,9 @@ class CombinationMixin:
         state = self.perturbation_combination_
         deltas = state["single_deltas"]
         ctrl_mean = dense_rows(self._expression(adata), rows).mean(0)
+        # the prior's control: the training control mean the singles' changes refer to, so
+        # the prior does not vary with the sampled control cells (they enter the residual only)
+        shift = self._prior_control(adata, ctrl_mean) - ctrl_mean
         kwargs.setdefault("gene_chunk_size", int(self.tokenizer_config.max_seq_len))
         kwargs.setdefault("batch_size", None)
         kwargs.setdefault("precision", "32")
@@ -232,4 +241,13 @@ class CombinationMixin:
         mean, cells = self._predict_cells(
             adata, rows, cols, keep_cells=keep_cells, offset=offset, **kwargs
         )
-        return mean, ctrl_mean + offset, cells
+        cells = None if cells is None else (cells + shift).astype(np.float32)
+        return mean + shift, ctrl_mean + shift + offset, cells
+
+    def _prior_control(self, adata, rows_mean: np.ndarray) -> np.ndarray:
+        """The stored training control mean on ``adata``'s genes (``rows_mean`` where absent)."""
+        stored = self.perturbation_combination_.get("control_mean")
+        if stored is None:
+            return rows_mean
+        values = stored.iloc[0].reindex(adata.var_names).to_numpy(dtype=float)
+        return np.where(np.isfinite(values), values, rows_mean)
