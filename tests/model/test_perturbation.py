@@ -258,16 +258,20 @@ def test_perturbed_gene_is_always_a_token_of_its_cells(sim):
         np.array([column[g] for g in c.split("+") if g != "ctrl"], dtype=int) for c in conditions
     ]
     expressed = np.diff(sim.X.tocsr().indptr)
-    collator = COLLATORS["paired_control"].for_objectives(
-        np.arange(sim.n_vars),
-        TokenizerConfig(max_seq_len=8, n_bins=None),
-        None,
-        cls_id=sim.n_vars + 1,
-        pad_id=sim.n_vars,
-        controls=sim.X[labels == "ctrl"],
-        control_labels=None,
-        perturbed_columns=perturbed,
-    )
+
+    def paired_collator(max_seq_len: int):
+        return COLLATORS["paired_control"].for_objectives(
+            np.arange(sim.n_vars),
+            TokenizerConfig(max_seq_len=max_seq_len, n_bins=None),
+            None,
+            cls_id=sim.n_vars + 1,
+            pad_id=sim.n_vars,
+            controls=sim.X[labels == "ctrl"],
+            control_labels=None,
+            perturbed_columns=perturbed,
+        )
+
+    collator = paired_collator(8)
     assert expressed.max() > 8  # fewer tokens than expressed genes
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
@@ -285,16 +289,7 @@ def test_perturbed_gene_is_always_a_token_of_its_cells(sim):
         for i, c in enumerate(codes):
             assert sorted(ids[i][flags[i] == 1]) == sorted(perturbed[c])
     many = {TOKEN_KEYS.X: torch.zeros(9, sim.n_vars), PERTURBATION_KEY: torch.arange(1, 10)}
-    tight = COLLATORS["paired_control"].for_objectives(
-        np.arange(sim.n_vars),
-        TokenizerConfig(max_seq_len=4, n_bins=None),
-        None,
-        cls_id=sim.n_vars + 1,
-        pad_id=sim.n_vars,
-        controls=sim.X[labels == "ctrl"],
-        control_labels=None,
-        perturbed_columns=perturbed,
-    )
+    tight = paired_collator(4)
     with pytest.raises(ValueError, match="smaller batch_size"):
         tight(many)
 
