@@ -20,8 +20,9 @@ TINY = {"d_model": 16, "n_heads": 2, "d_hid": 16, "n_layers": 1, "max_seq_len": 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
-def _cli(*args, cwd, check=True, timeout=300):
-    cmd = [sys.executable, "-m", "scvi_scgpt", "embed", *map(str, args), "--no-progress-bar"]
+def _cli(*args, cwd, check=True, timeout=300, progress=False):
+    cmd = [sys.executable, "-m", "scvi_scgpt", "embed", *map(str, args)]
+    cmd += [] if progress else ["--no-progress-bar"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=cwd, timeout=timeout)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -41,9 +42,10 @@ def saved(tmp_path):
 def test_two_cpu_processes_give_the_one_process_output(saved, tmp_path):
     model, cells = saved
     one = model.embed_atlas(tmp_path / "cells.h5ad", tmp_path / "one.zarr", block_size=16)
-    _cli(tmp_path / "model", tmp_path / "cells.h5ad", tmp_path / "two.zarr", "--devices", "2",
-         "--accelerator", "cpu", "--block-size", "16", "--obs-columns", "batch",
-         cwd=tmp_path)  # fmt: skip
+    proc = _cli(tmp_path / "model", tmp_path / "cells.h5ad", tmp_path / "two.zarr",
+                "--devices", "2", "--accelerator", "cpu", "--block-size", "16",
+                "--obs-columns", "batch", cwd=tmp_path, progress=True)  # fmt: skip
+    assert "150/150" in proc.stderr  # rank 0's bar ends at every cell, both processes'
     a, b = ad.read_zarr(one), ad.read_zarr(tmp_path / "two.zarr")
     assert np.abs(a.obsm["X_scGPT"] - b.obsm["X_scGPT"]).max() <= 1e-6
     assert list(b.obs_names) == list(cells.obs_names)  # every cell once, in source order

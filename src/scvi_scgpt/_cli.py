@@ -2,7 +2,9 @@
 
 ``scvi-scgpt embed MODEL_DIR SOURCE OUT [options]`` runs :meth:`SCGPT.embed_atlas`; batch
 schedulers, ``torchrun`` and SLURM ``srun`` launch it as they launch any Lightning script
-(``--devices 2 --accelerator cpu`` starts the second process itself).
+(``--devices 2 --accelerator cpu`` starts the second process itself). A job refused
+because another job is writing the same output exits with status 3 and one line naming
+that job.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ import numpy as np
 import pandas as pd
 
 from scvi_scgpt.data import CellSource, open_source
+from scvi_scgpt.data._atlas_lock import AtlasOutputLocked
+
+#: Exit status of a job refused because another job writes its output.
+EXIT_LOCKED = 3
 
 
 def example_anndata(source: CellSource, registry: dict | None, n_cells: int = 64):
@@ -99,6 +105,12 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--obs-columns", nargs="*", default=(), help="obs columns to copy")
     embed.add_argument("--labels-key-added", default=None, help="also write predicted labels")
     embed.add_argument("--num-workers", type=int, default=0)
+    embed.add_argument(
+        "--empty-cells",
+        default="nan",
+        choices=("nan", "raise"),
+        help="cells with no vocabulary gene: NaN row listed in uns (default), or stop",
+    )
     embed.add_argument("--no-resume", action="store_true", help="refuse an existing output")
     embed.add_argument("--no-progress-bar", action="store_true")
     return parser
@@ -122,23 +134,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_on = "cpu" if args.accelerator in ("cpu", "auto") else "gpu"
     model = load_model(args.model_dir, source, accelerator=load_on)
     extra = {} if args.block_size is None else {"block_size": args.block_size}
-    out = model.embed_atlas(
-        source,
-        args.out,
-        key_added=args.key_added,
-        obs_columns=args.obs_columns,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        accelerator=args.accelerator,
-        devices=_devices(args.devices),
-        num_nodes=args.num_nodes,
-        strategy=args.strategy,
-        resume=not args.no_resume,
-        progress_bar=not args.no_progress_bar,
-        labels_key_added=args.labels_key_added,
-        num_workers=args.num_workers,
-        **extra,
-    )
+    try:
+        out = model.embed_atlas(
+            source,
+            args.out,
+            key_added=args.key_added,
+            obs_columns=args.obs_columns,
+            batch_size=args.batch_size,
+            precision=args.precision,
+            accelerator=args.accelerator,
+            devices=_devices(args.devices),
+            num_nodes=args.num_nodes,
+            strategy=args.strategy,
+            resume=not args.no_resume,
+            progress_bar=not args.no_progress_bar,
+            labels_key_added=args.labels_key_added,
+            num_workers=args.num_workers,
+            empty_cells=args.empty_cells,
+            **extra,
+        )
+    except AtlasOutputLocked as err:
+        print(f"scvi-scgpt embed: {err}", file=sys.stderr)
+        return EXIT_LOCKED
     print(out)
     return 0
 

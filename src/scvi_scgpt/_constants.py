@@ -53,6 +53,8 @@ class _TokenKeys(NamedTuple):
     PERT_FLAGS: str = "pert_flags"
     #: ``(B, L)`` per-token loss weights of the DE-weighted perturbation MSE (``"wmse"``).
     DE_WEIGHTS: str = "de_weights"
+    #: ``(B, G)`` raw counts of the count decoder's genes (the ``count`` objective).
+    COUNTS: str = "counts"
     #: Key of the expression matrix in an scvi-tools minibatch (``REGISTRY_KEYS.X_KEY``).
     X: str = "X"
     #: Per-minibatch vocabulary id of each matrix column (streamed files differ in genes).

@@ -165,6 +165,24 @@ def test_sources_pickle_without_open_handles(cells, tmp_path):
     source.close()
 
 
+def test_obs_dtypes_come_from_the_schema(cells, tmp_path):
+    from scvi_scgpt.data import CellSource
+
+    cells.obs["count"] = pd.array(np.arange(70), dtype="Int64")
+    cells.obs.loc[cells.obs_names[50], "count"] = pd.NA  # not in the first rows
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    source = open_source(tmp_path / "cells.h5ad")
+    columns = ["n_genes", "score", "cell_type", "count"]
+    expected = {"n_genes": "int64", "score": "float64", "cell_type": "str", "count": "Int64"}
+    assert source.obs_dtypes(columns) == expected
+    memory = InMemorySource(cells.X, cells.obs_names, cells.var_names, cells.obs)
+    assert memory.obs_dtypes(columns) == expected
+    # sources without a schema: inferred from each part's first rows
+    assert CellSource.obs_dtypes(source, ["n_genes", "score", "cell_type"]) == {
+        "n_genes": "int64", "score": "float64", "cell_type": "str"
+    }  # fmt: skip
+
+
 def test_in_memory_source_and_fingerprint(cells):
     source = InMemorySource(cells.X, cells.obs_names, cells.var_names, cells.obs)
     np.testing.assert_array_equal(

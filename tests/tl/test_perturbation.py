@@ -104,6 +104,24 @@ def test_calibrated_scores_hand_computed():
     assert np.isnan(flat["interaction_pearson"]) and flat["interaction_sign"] == 0.0
 
 
+def test_infinite_welch_t_counts_most_in_wmse_and_de_ranking():
+    # gene C: 0 in every control cell and 1.5 in every A cell, so |t| is infinite
+    ctrl = CTRL.copy()
+    ctrl[:, 2] = 0.0
+    a = A.copy()
+    a[:, 2] = 1.5
+    data = tiny({"ctrl": ctrl, "A+ctrl": a, "B+ctrl": B})
+    pred = pd.DataFrame([[0.0, 2.0, 1.0, 3.5]], index=["A+ctrl"], columns=list("ABCD"))
+    row = tl.perturbation_metrics(pred, data, n_de=2).loc["A+ctrl"]
+    t = np.abs(stats.ttest_ind(a, ctrl, equal_var=False).statistic)
+    assert np.isinf(t[2])
+    w = np.where(np.isinf(t), t[np.isfinite(t)].max(), t)
+    w = w / w.sum()
+    truth = a.mean(0)
+    assert row["wmse"] == pytest.approx((w * (pred.to_numpy()[0] - truth) ** 2).sum())
+    assert tl.rank_de_genes(data, n_top=1)["A+ctrl"] == ["C"]  # the most separated gene
+
+
 def test_metrics_from_means_need_de_genes(data):
     means = tl.condition_means(data)
     pred = means.loc[["A+ctrl"]]

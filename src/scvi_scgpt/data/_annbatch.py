@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from scvi_scgpt.data._files import check_unique_ids
+from scvi_scgpt.data._obs_schema import kind_of_dtype, merge_kinds
 from scvi_scgpt.data._sources import CellSource, SourcePart, column_values
 from scvi_scgpt.data._tokenize import _as_csr
 
@@ -115,14 +116,17 @@ class AnnbatchSource(CellSource):
         names = var[gene_symbols_key] if gene_symbols_key else var.index
         n_obs = [int(g["X"].attrs["shape"][0]) for g in groups]
         obs_columns = None
-        ids = []
-        for group in groups:
+        ids, kinds = [], {}
+        for i, group in enumerate(groups):
             obs = anndata.io.read_elem(group["obs"])
             ids.append(np.asarray(obs.index, dtype=object))
             cols = [str(c) for c in obs.columns]
             obs_columns = cols if obs_columns is None else [c for c in obs_columns if c in cols]
+            for c in cols:
+                kinds.setdefault(c, {})[f"{self.path}/dataset_{i}"] = kind_of_dtype(obs[c].dtype)
         check_unique_ids(ids, where=repr(str(self.path)))
         self._obs_columns = tuple(obs_columns or ())
+        self._obs_kinds = {c: kinds[c] for c in self._obs_columns}
         self.dataset_n_obs = n_obs
         names = np.asarray(names).astype(str).astype(object)
         self.parts = (SourcePart(str(self.path), names, int(sum(n_obs)), 0),)
@@ -132,9 +136,14 @@ class AnnbatchSource(CellSource):
         """``obs`` columns every dataset of the collection has."""
         return self._obs_columns
 
+    def obs_dtypes(self, columns) -> dict[str, str]:
+        """Output kinds from the pandas dtypes of the datasets' ``obs``."""
+        return {c: merge_kinds(c, self._obs_kinds[c]) for c in columns}
+
     def _loader(self):
         """One annbatch ``Loader`` per process; its sampler is moved to each block."""
-        if "loader" not in self._handles:
+        handles = self._own_handles()
+        if "loader" not in handles:
             annbatch = _annbatch()
             sampler = _row_range_sampler(0, 1)
             loader = annbatch.Loader(
@@ -142,8 +151,8 @@ class AnnbatchSource(CellSource):
             )
             collection = annbatch.DatasetCollection(str(self.path), mode="r")
             loader.use_collection(collection)
-            self._handles["loader"] = (loader, sampler)
-        return self._handles["loader"]
+            handles["loader"] = (loader, sampler)
+        return handles["loader"]
 
     def _read(self, start: int, stop: int):
         loader, sampler = self._loader()
@@ -184,4 +193,4 @@ class AnnbatchSource(CellSource):
 
     def close(self) -> None:
         """Drop the loader (it holds the open datasets)."""
-        self._handles = {}
+        self._own_handles().clear()

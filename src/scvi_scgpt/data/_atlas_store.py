@@ -5,9 +5,21 @@ opens it: ``obs`` (index: cell ids; requested columns; per-cell outputs such as 
 labels), an ``X`` of shape ``(n_cells, 0)``, arrays in ``obsm`` and the run's record in
 ``uns[UNS_KEY]``. Every array is chunked by ``block_size`` rows and each block of global
 rows ``[k * block_size, (k + 1) * block_size)`` is written by one process only, so writers
-never share a chunk. A finished block is recorded by a marker file created atomically
-(``os.replace``) after its data, in the hidden folder :data:`BLOCKS_DIR` of the store (the
-marker's text names its writer, e.g. ``rank 1``); a restarted run skips the marked blocks.
+never share a chunk.
+
+A block is verified before it is recorded: its arrays must have the block's shape and
+finite rows (except the rows of its *empty cells*, cells with no vocabulary gene, which are
+NaN), and must read back as written. Only then is its marker created atomically
+(``os.replace``) in the hidden folder :data:`BLOCKS_DIR` of the store; the marker's JSON
+names its writer (e.g. ``rank 1``) and the block's empty cells. A restarted run skips the
+marked blocks. At the end :meth:`AtlasStore.verify` checks every block again and removes the
+markers of blocks whose data is missing or not finite, so that the next run writes them.
+
+Completion is the file :data:`COMPLETE_FILE`, created atomically after the record in
+``uns[UNS_KEY]`` (``complete``, ``n_cells``, ``empty_cells``, ...) is written. That record is
+never rewritten as a whole: each key is written apart and moved in by a rename, or its one
+chunk file replaced (``os.replace``), so a process killed at any moment leaves ``uns``
+readable, with ``complete`` either false or true (see :meth:`AtlasStore.finish`).
 """
 
 from __future__ import annotations
@@ -16,16 +28,26 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from scvi_scgpt.data._obs_schema import NULLABLE, cast_column
 
 #: ``uns`` key of the run record.
 UNS_KEY = "scvi_scgpt_atlas"
 #: Hidden folder of block markers inside the store.
 BLOCKS_DIR = ".scvi_scgpt_blocks"
+#: The file that marks a store complete (created last, atomically).
+COMPLETE_FILE = ".scvi_scgpt_complete"
 _SETTINGS_FILE = ".scvi_scgpt_settings.json"
+#: Hidden folder where ``uns`` entries are prepared before they are moved in.
+_TMP_DIR = ".scvi_scgpt_tmp"
+
+#: The arrays of anndata's nullable-integer / nullable-boolean encoding.
+_NULLABLE_PARTS = ("values", "mask")
 
 
 #: Attributes of an anndata ``dict`` element (``obsm``, ``layers``, ...).
@@ -56,15 +78,8 @@ class AtlasStore:
         return json.loads(file.read_text(encoding="utf-8"))
 
     def is_complete(self) -> bool:
-        """Whether a finished run wrote the store (``uns[UNS_KEY]["complete"]``)."""
-        if self.settings() is None:
-            return False
-        import zarr
-
-        uns = zarr.open_group(str(self.path), mode="r", zarr_format=2)["uns"]
-        if UNS_KEY not in uns or "complete" not in uns[UNS_KEY]:
-            return False
-        return bool(np.asarray(uns[UNS_KEY]["complete"][...]))
+        """Whether a finished run verified and completed the store (:data:`COMPLETE_FILE`)."""
+        return self.settings() is not None and (self.path / COMPLETE_FILE).is_file()
 
     def check_compatible(self, settings: Mapping) -> None:
         """Raise a ``ValueError`` unless the store was made with exactly ``settings``."""
@@ -106,7 +121,8 @@ class AtlasStore:
             ``obsm`` arrays: name -> (trailing shape, dtype), e.g. ``{"X_scGPT": ((512,),
             "float32")}``.
         obs_columns
-            ``obs`` columns: name -> dtype (``"str"`` for strings).
+            ``obs`` columns: name -> kind (``"str"``, ``"bool"``, ``"boolean"``,
+            ``"int64"``, ``"Int64"``, ``"float64"``, ``"float32"``; see ``_obs_schema``).
         settings
             What identifies the run (model, source, settings), checked on resume.
         uns
@@ -164,24 +180,65 @@ class AtlasStore:
             raise
 
     @staticmethod
-    def _column(group, name: str, n_obs: int, chunk: int, dtype: str) -> None:
-        if dtype == "str":
+    def _column(group, name: str, n_obs: int, chunk: int, kind: str) -> None:
+        if kind == "str":
             array = group.create_array(name, shape=(n_obs,), chunks=(chunk,), dtype=str)
             array.attrs.update(_array_attrs("string-array"))
+        elif kind in NULLABLE:  # values + mask (unwritten rows read as missing)
+            column = group.create_group(name)
+            column.attrs.update({"encoding-type": NULLABLE[kind], "encoding-version": "0.1.0"})
+            dtype = "bool" if kind == "boolean" else "int64"
+            for part, fill in (("values", 0), ("mask", True)):
+                array = column.create_array(
+                    part,
+                    shape=(n_obs,),
+                    chunks=(chunk,),
+                    dtype=dtype if part == "values" else "bool",
+                    fill_value=fill,
+                )
+                array.attrs.update(_array_attrs("array"))
         else:
-            fill = np.nan if np.dtype(dtype).kind == "f" else 0
+            fill = np.nan if np.dtype(kind).kind == "f" else 0
             array = group.create_array(
-                name, shape=(n_obs,), chunks=(chunk,), dtype=dtype, fill_value=fill
+                name, shape=(n_obs,), chunks=(chunk,), dtype=kind, fill_value=fill
             )
             array.attrs.update(_array_attrs("array"))
 
+    @staticmethod
+    def _kind(node) -> str:
+        """The kind of an output ``obs`` column (see :meth:`_column`)."""
+        encoding = node.attrs.get("encoding-type")
+        for kind, name in NULLABLE.items():
+            if encoding == name:
+                return kind
+        dtype = node.dtype
+        if dtype.kind in "OTUS" or str(dtype).startswith("StringDType"):
+            return "str"
+        return "bool" if dtype.kind == "b" else str(np.dtype(dtype))
+
     # ------------------------------------------------------------------ blocks
+    def _marker(self, index: int) -> Path:
+        return self.path / BLOCKS_DIR / f"{index:09d}"
+
     def done_blocks(self) -> set[int]:
-        """Numbers of the blocks recorded as finished."""
+        """Numbers of the blocks recorded as finished (one listing of the marker folder)."""
         folder = self.path / BLOCKS_DIR
         if not folder.is_dir():
             return set()
         return {int(name) for name in os.listdir(folder) if name.isdigit()}
+
+    def block_record(self, index: int) -> dict:
+        """What the marker of block ``index`` records: ``writer`` and ``empty`` rows."""
+        text = self._marker(index).read_text(encoding="utf-8")
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = None
+        return record if isinstance(record, dict) else {"writer": text, "empty": []}
+
+    def block_writers(self) -> dict[int, str]:
+        """Who wrote each finished block (what ``write_block`` was given as ``writer``)."""
+        return {i: self.block_record(i).get("writer", "") for i in self.done_blocks()}
 
     def write_block(
         self,
@@ -193,56 +250,191 @@ class AtlasStore:
         obsm: Mapping[str, np.ndarray],
         obs: Mapping[str, np.ndarray],
         writer: str = "",
+        empty: Sequence[int] = (),
     ) -> None:
-        """Write global rows ``start:stop`` (block ``index``), then mark the block done.
+        """Write global rows ``start:stop`` (block ``index``), verify them, mark the block.
 
-        The marker holds ``writer`` (e.g. the rank), for the record.
+        Parameters
+        ----------
+        index, start, stop
+            The block.
+        cell_ids, obsm, obs
+            Its cell ids, per-cell arrays (one row per cell) and ``obs`` columns.
+        writer
+            Recorded in the marker (e.g. the rank).
+        empty
+            Positions (within the block) of cells left without a result (empty cells): their
+            ``obsm`` rows are NaN, and the marker lists them.
+
+        Raises
+        ------
+        ValueError
+            An array of the wrong shape, a row that is not finite (other than ``empty``), or
+            an ``obs`` value its column cannot hold: nothing is marked, so a rerun writes the
+            block again.
         """
         import zarr
 
-        root = zarr.open_group(str(self.path), mode="r+", zarr_format=2)
         n = stop - start
+        where = f"Output block {index} (rows {start}:{stop})"
         if len(cell_ids) != n:
-            raise ValueError(f"Block {index}: {len(cell_ids)} cell ids for {n} rows.")
-        root["obs"]["_index"][start:stop] = np.asarray(cell_ids, dtype=object).astype(str)
-        for name, values in obs.items():
-            column = root["obs"][name]
-            if column.dtype.kind in "OTU" or str(column.dtype).startswith("StringDType"):
-                text = np.asarray(values, dtype=object)
-                text[[v is None for v in text]] = ""
-                column[start:stop] = text.astype(str)
-            else:
-                column[start:stop] = np.asarray(values).astype(column.dtype)
+            raise ValueError(f"{where}: {len(cell_ids)} cell ids for {n} rows.")
+        ids = np.asarray(cell_ids, dtype=object).astype(str)
+        is_empty = np.zeros(n, dtype=bool)
+        is_empty[np.asarray(empty, dtype=np.int64)] = True
+        root = zarr.open_group(str(self.path), mode="r+", zarr_format=2)
+        arrays = {}
         for name, values in obsm.items():
+            target = root["obsm"][name]
+            expected = (n, *target.shape[1:])
+            if np.shape(values) != expected:
+                raise ValueError(
+                    f"{where}: obsm[{name!r}] has shape {np.shape(values)}, expected "
+                    f"{expected}; the block is not marked done."
+                )
+            values = np.array(values, dtype=target.dtype)
+            values[is_empty] = np.nan
+            bad = np.flatnonzero(~_finite_rows(values) & ~is_empty)
+            if len(bad):
+                raise ValueError(
+                    f"{where}: {len(bad)} rows of obsm[{name!r}] are not finite (cells "
+                    f"{list(ids[bad[:5]])}); the block is not marked done, so a rerun writes "
+                    "it again."
+                )
+            arrays[name] = values
+        columns = {
+            name: cast_column(values, self._kind(root["obs"][name]), name)
+            for name, values in obs.items()
+        }
+        root["obs"]["_index"][start:stop] = ids
+        for name, (values, mask) in columns.items():
+            if mask is None:
+                root["obs"][name][start:stop] = values
+            else:
+                # anndata's nullable encoding: a "values" and a "mask" array
+                group = root["obs"][name]
+                group[_NULLABLE_PARTS[0]][start:stop] = values
+                group[_NULLABLE_PARTS[1]][start:stop] = mask
+        for name, values in arrays.items():
             root["obsm"][name][start:stop] = values
-        marker = self.path / BLOCKS_DIR / f"{index:09d}"
+        for name, values in arrays.items():  # what the marker vouches for
+            back = np.asarray(root["obsm"][name][start:stop])
+            if not np.array_equal(back, values, equal_nan=True):
+                raise OSError(f"{where}: obsm[{name!r}] did not read back as written.")
+        text = json.dumps({"writer": writer, "empty": np.flatnonzero(is_empty).tolist()})
+        marker = self._marker(index)
         tmp = marker.with_name(marker.name + f".tmp{os.getpid()}")
-        tmp.write_text(writer, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, marker)
 
-    def block_writers(self) -> dict[int, str]:
-        """Who wrote each finished block (what ``write_block`` was given as ``writer``)."""
-        folder = self.path / BLOCKS_DIR
-        return {i: (folder / f"{i:09d}").read_text(encoding="utf-8") for i in self.done_blocks()}
+    def verify(self, blocks: Sequence, key: str) -> BlockCheck:
+        """Check every block of ``blocks`` (``BlockSpec``-like: index, start, stop).
+
+        A block passes when it is marked, its cell ids are written, and its rows of
+        ``obsm[key]`` are finite, except the empty cells its marker lists, which are NaN.
+        Reads the store block by block and each marker once.
+        """
+        import zarr
+
+        root = zarr.open_group(str(self.path), mode="r", zarr_format=2)
+        array, index = root["obsm"][key], root["obs"]["_index"]
+        done = self.done_blocks()
+        check = BlockCheck()
+        for block in blocks:
+            if block.index not in done:
+                check.bad.append(block.index)
+                continue
+            is_empty = np.zeros(block.stop - block.start, dtype=bool)
+            is_empty[np.asarray(self.block_record(block.index).get("empty", []), int)] = True
+            rows = np.asarray(array[block.start : block.stop])
+            ids = np.asarray(index[block.start : block.stop]).astype(object)
+            finite = _finite_rows(rows)
+            nan = np.isnan(rows.reshape(len(rows), -1)).all(axis=1)
+            if finite[~is_empty].all() and nan[is_empty].all() and (ids != "").all():
+                check.empty_cells.extend(ids[is_empty].tolist())
+            else:
+                check.bad.append(block.index)
+        return check
+
+    def drop_markers(self, indices: Sequence[int]) -> None:
+        """Remove the markers of blocks ``indices`` (the next run writes them again)."""
+        for i in indices:
+            self._marker(i).unlink(missing_ok=True)
 
     def count_written(self, key: str, block_size: int) -> int:
         """Rows of ``obsm[key]`` holding finite values, read chunk by chunk."""
         import zarr
 
         array = zarr.open_group(str(self.path), mode="r", zarr_format=2)["obsm"][key]
-        n_obs = array.shape[0]
         written = 0
-        for start in range(0, n_obs, block_size):
-            chunk = np.asarray(array[start : start + block_size])
-            written += int(np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1).sum())
+        for start in range(0, array.shape[0], block_size):
+            written += int(_finite_rows(np.asarray(array[start : start + block_size])).sum())
         return written
 
+    # ------------------------------------------------------------------ completion
     def finish(self, record: Mapping) -> None:
-        """Add ``record`` to ``uns[UNS_KEY]`` (e.g. ``complete: True``) after a full run."""
+        """Write ``record`` into ``uns[UNS_KEY]``, then mark the store complete.
+
+        Each key is written on its own (:meth:`_set_uns`), ``complete`` last; the completion
+        file :data:`COMPLETE_FILE` is created after them (when ``record["complete"]``). A
+        kill at any point leaves ``uns`` readable and the store either complete, or not
+        complete and finished by the next run.
+        """
+        tmp_root = self.path / _TMP_DIR
+        tmp_root.mkdir(exist_ok=True)
+        for key in sorted(record, key=lambda k: k == "complete"):
+            self._set_uns(key, record[key], tmp_root)
+        if record.get("complete"):
+            text = json.dumps({k: v for k, v in record.items() if k != "empty_cells"}, default=str)
+            tmp = self.path / f"{COMPLETE_FILE}.tmp{os.getpid()}"
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, self.path / COMPLETE_FILE)
+        shutil.rmtree(tmp_root, ignore_errors=True)
+
+    def _set_uns(self, key: str, value, tmp_root: Path) -> None:
+        """Write ``uns[UNS_KEY][key]`` so that no moment lacks a readable ``uns``.
+
+        The entry is written into a temporary group, then moved in: a new key by one
+        rename; over an entry of the same layout (a scalar such as ``complete``) by
+        replacing its chunk files, each with ``os.replace``. Only an entry whose layout
+        changed (a list of another length) is swapped by two renames, between which that
+        one key is missing while the store is not complete.
+        """
         import anndata
         import zarr
 
-        root = zarr.open_group(str(self.path), mode="r+", zarr_format=2)
-        uns = anndata.io.read_elem(root["uns"])
-        uns[UNS_KEY] = {**uns.get(UNS_KEY, {}), **record}
-        anndata.io.write_elem(root, "uns", uns)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=tmp_root))
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
+        anndata.io.write_elem(group, key, value)
+        new, target = tmp / key, self.path / "uns" / UNS_KEY / key
+        meta = (".zarray", ".zattrs")
+        if not target.exists():
+            os.rename(new, target)
+        elif all(
+            (new / m).is_file() and (target / m).is_file()
+            and (new / m).read_bytes() == (target / m).read_bytes()
+            for m in meta
+        ):  # fmt: skip
+            chunks = {n for n in os.listdir(new) if not n.startswith(".")}
+            for name in chunks:
+                os.replace(new / name, target / name)
+            for name in set(os.listdir(target)) - chunks:
+                if not name.startswith("."):  # a chunk equal to the fill value is not stored
+                    (target / name).unlink()
+        else:
+            os.rename(target, tmp / "old")
+            os.rename(new, target)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass
+class BlockCheck:
+    """What :meth:`AtlasStore.verify` found: blocks to (re)write, empty cells' ids."""
+
+    bad: list[int] = field(default_factory=list)
+    empty_cells: list[str] = field(default_factory=list)
+
+
+def _finite_rows(values: np.ndarray) -> np.ndarray:
+    """Whether each row of ``values`` is finite."""
+    return np.isfinite(values.reshape(len(values), -1)).all(axis=1)

@@ -158,6 +158,29 @@ def read_obs_column(group, column: str, start: int, stop: int, *, where: str) ->
     raise ValueError(f"obs column {column!r} of {where} has an unsupported encoding {kind!r}.")
 
 
+def obs_column_kind(group, column: str, *, where: str) -> str:
+    """Output kind of an ``obs`` column from its on-disk encoding (see ``_obs_schema``)."""
+    from scvi_scgpt.data._obs_schema import kind_of_dtype
+
+    if column not in obs_column_names(group):
+        raise ValueError(
+            f"{where} has no obs column {column!r}; it has {obs_column_names(group)}."
+        )
+    element = group["obs"][column]
+    kind = _encoding(element)
+    if kind in ("categorical", "string-array", "nullable-string-array"):
+        return "str"
+    if kind == "nullable-integer":
+        return "Int64"
+    if kind == "nullable-boolean":
+        return "boolean"
+    import h5py
+
+    if isinstance(element, h5py.Dataset) and h5py.check_string_dtype(element.dtype):
+        return "str"
+    return kind_of_dtype(element.dtype)
+
+
 def iter_obs_index(group, chunk: int = 1_000_000):
     """The cell ids of an open store in chunks of ``chunk`` rows (bounded memory)."""
     n_obs = group["obs"][group["obs"].attrs["_index"]].shape[0]

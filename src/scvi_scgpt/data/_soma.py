@@ -2,7 +2,10 @@
 
 Needs ``tiledbsoma`` (``pip install 'scvi-scgpt[soma]'``). Cells are the ``obs`` rows that
 ``value_filter`` selects, in ``soma_joinid`` order; their ids are the ``soma_joinid`` as
-strings. A Census URI and a local experiment are read by the same code.
+strings. A Census URI and a local experiment are read by the same code. TileDB's contexts
+and thread pools do not survive a fork, so DataLoader workers reading a SOMA source are
+spawned (see :class:`~scvi_scgpt.dataloaders.AtlasDataModule`), and a forked process never
+uses the experiment its parent opened.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from scvi_scgpt.data._obs_schema import kind_of_arrow
 from scvi_scgpt.data._sources import CellSource, SourcePart, column_values
 
 
@@ -101,6 +105,8 @@ class SomaSource(CellSource):
                     f"{err}"
                 ) from err
             self._obs_columns = tuple(n for n in exp.obs.schema.names if n != "soma_joinid")
+            schema = exp.obs.schema
+            self._obs_kinds = {n: kind_of_arrow(schema.field(n).type) for n in self._obs_columns}
         if len(joinids) == 0:
             raise ValueError(
                 f"value_filter {value_filter!r} selects no cell of {uri!r}; check the column "
@@ -117,10 +123,22 @@ class SomaSource(CellSource):
         """Columns of the experiment's ``obs``."""
         return self._obs_columns
 
+    #: DataLoader workers must be spawned: TileDB's threads do not survive a fork.
+    worker_start_method = "spawn"
+
     def _experiment(self):
-        if "exp" not in self._handles:
-            self._handles["exp"] = _tiledbsoma().Experiment.open(self.uri)
-        return self._handles["exp"]
+        handles = self._own_handles()
+        if "exp" not in handles:
+            handles["exp"] = _tiledbsoma().Experiment.open(self.uri)
+        return handles["exp"]
+
+    def obs_dtypes(self, columns) -> dict[str, str]:
+        """Output kinds from the Arrow schema of ``obs``.
+
+        Arrow columns may hold nulls, so integers and booleans become pandas' nullable
+        ``Int64`` / ``boolean``.
+        """
+        return {c: self._obs_kinds[c] for c in columns}
 
     def read_rows(self, part: int, rows: np.ndarray) -> sp.csr_matrix:
         """The selected cells at positions ``rows`` as CSR over the measurement's genes."""
@@ -176,6 +194,6 @@ class SomaSource(CellSource):
 
     def close(self) -> None:
         """Close the experiment."""
-        exp = self._handles.pop("exp", None)
+        exp = self._own_handles().pop("exp", None)
         if exp is not None:
             exp.close()

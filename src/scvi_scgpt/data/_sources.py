@@ -6,7 +6,9 @@ collection, a SOMA measurement), each part with its own genes. Cells have a glob
 of contiguous rows of one part, as :class:`RowBlock` (CSR rows in the part's own column
 order, cell ids, requested ``obs`` columns). Sources hold no open file between calls that
 a process could not re-open: they pickle into DataLoader workers and DDP processes, and
-each process opens its own handles on first read.
+each process opens its own handles on first read. A process forked after its parent opened
+handles (DataLoader workers on Linux) does not use the inherited ones: sources check the
+process id and open their own (see :meth:`CellSource._own_handles`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,15 +30,21 @@ from scvi_scgpt.data._files import (
     close_store,
     iter_obs_index,
     matrix_element,
+    obs_column_kind,
     obs_column_names,
     open_store,
     read_obs_column,
     read_obs_index,
     read_row_range,
 )
+from scvi_scgpt.data._obs_schema import infer_kinds, kind_of_dtype, merge_kinds
 from scvi_scgpt.data._tokenize import ModalityLayout, _as_csr, check_expression_values
 
 logger = logging.getLogger(__name__)
+
+#: Handles a forked process inherited: kept referenced (never used, never closed) in the
+#: child, so that neither reading through them nor closing them touches the parent's files.
+_INHERITED: list = []
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,8 @@ class CellSource(ABC):
     #: ``"anndata"``, ``"h5ad"``, ``"zarr"``, ``"collection"`` or ``"soma"``.
     kind: str = ""
     parts: tuple[SourcePart, ...] = ()
+    #: Start method of DataLoader workers reading this source (``None``: the platform's).
+    worker_start_method: str | None = None
 
     @property
     def n_obs(self) -> int:
@@ -160,6 +171,32 @@ class CellSource(ABC):
 
     def close(self) -> None:  # noqa: B027 - sources without handles need no closing
         """Close open handles of this process (they reopen on the next read)."""
+
+    def _own_handles(self) -> dict:
+        """The open handles of the current process (a dict the source fills as it opens files).
+
+        h5py, zarr and TileDB handles must not cross a fork: a DataLoader worker forked
+        after the parent read a block (the CLI and the store creation do) would otherwise
+        read through the parent's handles. When the process id changed, the inherited
+        handles are set aside untouched and the process opens its own.
+        """
+        pid = os.getpid()
+        if getattr(self, "_handles_pid", None) != pid:
+            inherited = getattr(self, "_handles", None)
+            if inherited:
+                _INHERITED.append(inherited)
+            self._handles = {}
+            self._handles_pid = pid
+        return self._handles
+
+    def obs_dtypes(self, columns: Sequence[str]) -> dict[str, str]:
+        """Output kind of each ``obs`` column (``"str"``, ``"Int64"``, ...; see ``_obs_schema``).
+
+        Sources with a schema read it (file encodings, pandas dtypes, the Arrow schema); this
+        default, for sources without one, infers each part's kind from its first 1,000 rows.
+        Parts storing a column differently are promoted without loss, or refused.
+        """
+        return infer_kinds(self, columns)
 
     def __enter__(self):
         return self
@@ -238,6 +275,7 @@ class CellSource(ABC):
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_handles"] = {}
+        state["_handles_pid"] = None
         return state
 
 
@@ -303,6 +341,10 @@ class InMemorySource(CellSource):
     def obs_values(self, part: int, column: str, start: int, stop: int) -> np.ndarray:
         """A column of the ``obs`` table."""
         return column_values(self.obs[column].iloc[start:stop])
+
+    def obs_dtypes(self, columns: Sequence[str]) -> dict[str, str]:
+        """Output kinds from the table's pandas dtypes."""
+        return {c: kind_of_dtype(self.obs[c].dtype) for c in columns}
 
     def read_block(self, spec: BlockSpec, obs_columns: Sequence[str] = ()) -> list[RowBlock]:
         """As :meth:`CellSource.read_block`, with the multi-omic layout of the rows."""
@@ -388,11 +430,12 @@ class AnnDataFileSource(CellSource):
         return self._obs_columns
 
     def _handle(self, part: int) -> tuple:
-        if part not in self._handles:
+        handles = self._own_handles()
+        if part not in handles:
             group = open_store(self.paths[part])
             matrix = matrix_element(group, self.layer, where=repr(str(self.paths[part])))
-            self._handles[part] = (group, matrix)
-        return self._handles[part]
+            handles[part] = (group, matrix)
+        return handles[part]
 
     def read_range(self, part: int, start: int, stop: int) -> sp.csr_matrix:
         """Rows ``start:stop`` of one file (one contiguous read)."""
@@ -406,6 +449,18 @@ class AnnDataFileSource(CellSource):
         """An ``obs`` column of rows ``start:stop``."""
         group = self._handle(part)[0]
         return read_obs_column(group, column, start, stop, where=repr(str(self.paths[part])))
+
+    def obs_dtypes(self, columns: Sequence[str]) -> dict[str, str]:
+        """Output kinds from each file's on-disk encoding of the columns."""
+        kinds: dict[str, dict[str, str]] = {c: {} for c in columns}
+        for path in self.paths if columns else ():
+            group = open_store(path)  # opened and closed here: no handle is kept
+            try:
+                for c in columns:
+                    kinds[c][str(path)] = obs_column_kind(group, c, where=repr(str(path)))
+            finally:
+                close_store(group)
+        return {c: merge_kinds(c, kinds[c]) for c in columns}
 
     def describe(self) -> dict:
         """Kind, absolute paths with size and modification time, layer, gene key, cells."""
@@ -423,7 +478,7 @@ class AnnDataFileSource(CellSource):
         }
 
     def close(self) -> None:
-        """Close the open files."""
-        for group, _ in self._handles.values():
+        """Close the files this process opened."""
+        for group, _ in self._own_handles().values():
             close_store(group)
         self._handles = {}

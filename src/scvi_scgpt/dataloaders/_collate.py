@@ -52,6 +52,9 @@ class TokenCollator:
         Special token ids.
     mask_ratio
         Fraction of gene tokens to mask (0: none).
+    count_columns
+        Columns of ``X`` whose raw counts the count objective decodes, in the count decoder's
+        gene order (``TOKEN_KEYS.COUNTS``, ``(B, G)`` float32); ``None``: no counts.
     """
 
     def __init__(
@@ -62,12 +65,14 @@ class TokenCollator:
         cls_id: int,
         pad_id: int,
         mask_ratio: float = 0.0,
+        count_columns: np.ndarray | None = None,
     ) -> None:
         self.column_vocab_ids = np.asarray(column_vocab_ids, dtype=np.int64)
         self.tokenizer = replace(tokenizer, allow_empty_cells=True)
         self.cls_id = cls_id
         self.pad_id = pad_id
         self.mask_ratio = mask_ratio
+        self.count_columns = None if count_columns is None else np.asarray(count_columns)
 
     #: Constructor arguments read from the objectives (see :meth:`for_objectives`).
     objective_options: tuple[str, ...] = ("mask_ratio",)
@@ -98,7 +103,15 @@ class TokenCollator:
         if isinstance(x, torch.Tensor):
             x = x.to_dense().numpy() if x.is_sparse or x.layout != torch.strided else x.numpy()
         column_ids = batch.get(TOKEN_KEYS.COLUMN_VOCAB_IDS, self.column_vocab_ids)
-        return self.collate_cells(x, column_ids, batch)
+        out = self.collate_cells(x, column_ids, batch)
+        if self.count_columns is not None:
+            if TOKEN_KEYS.COLUMN_VOCAB_IDS in batch:
+                raise ValueError(
+                    "The count objective reads the counts of an in-memory AnnData; streamed "
+                    "files are not supported yet (train without a datamodule)."
+                )
+            out[TOKEN_KEYS.COUNTS] = count_matrix(x, self.count_columns)
+        return out
 
     def collate_cells(
         self,
@@ -138,6 +151,13 @@ class TokenCollator:
             if key in batch:
                 out[key] = torch.as_tensor(np.asarray(batch[key])).reshape(-1).long()
         return out
+
+
+def count_matrix(x, columns: np.ndarray) -> torch.Tensor:
+    """Dense ``(B, len(columns))`` float32 counts of the rows ``x`` (dense or sparse)."""
+    rows = x[:, columns]
+    rows = rows.toarray() if hasattr(rows, "toarray") else np.asarray(rows)
+    return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
 
 
 def split_generated(

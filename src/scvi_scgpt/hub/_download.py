@@ -5,10 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from scvi_scgpt.hub._registry import RegistryEntry, load_registry, resolve_model_name
+from scvi_scgpt.hub._registry import (
+    RECORDED_HASHES,
+    RESERVED_FILE_NAMES,
+    ModelFile,
+    RegistryEntry,
+    load_registry,
+    resolve_model_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -16,8 +26,6 @@ logger = logging.getLogger(__name__)
 CACHE_ENV = "SCVI_SCGPT_CACHE"
 #: Environment variable: ``1`` forbids network access; only cached files are used.
 OFFLINE_ENV = "SCVI_SCGPT_OFFLINE"
-#: Per-model file recording the sha256 of files whose registry entry publishes none.
-RECORDED_HASHES = "sha256-recorded.json"
 #: Download attempts after the first one (network errors and hash mismatches).
 RETRIES = 2
 
@@ -48,21 +56,110 @@ def file_sha256(path: Path) -> str:
     return pooch.file_hash(str(path), alg="sha256")
 
 
+_RECORD_LOCK = RESERVED_FILE_NAMES[1]
+#: How many bytes of a hash-less download are read to tell an HTML page from a model file.
+_SNIFF_BYTES = 1024
+
+
 def _recorded(folder: Path) -> dict:
     path = folder / RECORDED_HASHES
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        records = err
+    if not isinstance(records, dict):
+        raise ValueError(
+            f"{str(path)!r} is not a JSON object of recorded hashes ({records}). Delete it: the "
+            "next download of each file records its hash again."
+        )
+    return records
+
+
+@contextmanager
+def _records_locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the folder's recorded hashes (POSIX ``flock``; else none).
+
+    The lock is released when the process ends, so a crashed rank leaves no stale lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: the unique temporary file and atomic replace remain
+        yield
+        return
+    with open(folder / _RECORD_LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _record(folder: Path, file_name: str, sha256: str, url: str) -> None:
-    records = _recorded(folder)
-    records[file_name] = {
+    """Add ``file_name``'s hash to the recorded hashes; safe with several ranks at once.
+
+    Under a lock, what is on disk is read again and merged, written to a unique temporary
+    file in ``folder`` and atomically moved into place: readers see the old or the new file,
+    never a partial one, and no rank's record is lost.
+    """
+    entry = {
         "sha256": sha256,
         "url": url,
         "recorded": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    tmp = folder / f".{RECORDED_HASHES}.tmp"
-    tmp.write_text(json.dumps(records, indent=1))
-    os.replace(tmp, folder / RECORDED_HASHES)
+    target = folder / RECORDED_HASHES
+    with _records_locked(folder):
+        records = {**_recorded(folder), file_name: entry}
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{RECORDED_HASHES}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(records, handle, indent=1)
+            # mkstemp makes the file private; give it the mode the folder gives its files
+            os.chmod(tmp, (target if target.is_file() else folder).stat().st_mode & 0o666)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class _NotTheFile(Exception):
+    """A complete download that is not the registered file (not retried; a ValueError later)."""
+
+
+def _looks_like_html(path: Path) -> bool:
+    """Whether ``path`` starts (after whitespace) with ``<!DOCTYPE html`` or ``<html``."""
+    with open(path, "rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    head = head.removeprefix(b"\xef\xbb\xbf").lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html"))
+
+
+def _checking(downloader: Callable, spec: ModelFile, path: Path, sniff_html: bool) -> Callable:
+    """``downloader``, refusing a download of another size or (``sniff_html``) an HTML page.
+
+    The check runs on pooch's temporary file, before it is moved into the cache.
+    """
+
+    def download(url: str, output_file: str, pooch_obj, **kwargs) -> None:
+        downloader(url, output_file, pooch_obj, **kwargs)
+        size = Path(output_file).stat().st_size
+        if spec.size is not None and size != spec.size:
+            raise _NotTheFile(
+                f"The download of {url} is {size} bytes, the registry says {spec.size}; nothing "
+                f"was written to {str(path)!r}. The server serves another file, or the "
+                'registry\'s "size" is wrong.'
+            )
+        if sniff_html and _looks_like_html(Path(output_file)):
+            raise _NotTheFile(
+                f"The download of {url} is an HTML page (a quota, sign-in or error page, e.g. "
+                f"Google Drive's), not {spec.name}: it was not recorded as its trusted sha256 "
+                f"and nothing was written to {str(path)!r}. Try again later, download the file "
+                "by hand to that path, or (if it really is HTML) publish its sha256 in the "
+                "registry."
+            )
+
+    return download
 
 
 def fetch_pretrained(
@@ -101,7 +198,9 @@ def fetch_pretrained(
         Offline, or no download URL is known, and a file is not in the cache: the message
         names the URL or source and the path to put the file at.
     ValueError
-        A download whose sha256 differs from the expected one (nothing is written).
+        A download whose sha256 or size differs from the expected one, or a hash-less
+        download that is an HTML page (nothing is written, no hash is recorded); a registry
+        that is not valid (:func:`~scvi_scgpt.hub.load_registry`).
     ConnectionError
         The download failed after retries.
     """
@@ -120,12 +219,22 @@ def _fetch_file(entry: RegistryEntry, spec, folder: Path, progress_bar: bool) ->
     recorded = _recorded(folder).get(spec.name, {}).get("sha256")
     expected = spec.sha256 or recorded
     if path.is_file():
-        actual = file_sha256(path)
-        if expected is None or actual == expected:
-            return  # a cache hit: no network access
-        logger.warning(
-            "Cached %s has sha256 %s, expected %s; fetching it again.", path, actual, expected
-        )
+        size = path.stat().st_size
+        if spec.size is not None and size != spec.size:
+            logger.warning(
+                "Cached %s is %d bytes, the registry says %d; fetching it again.",
+                path,
+                size,
+                spec.size,
+            )
+            path.unlink(missing_ok=True)  # pooch would keep a file whose hash is unknown
+        else:
+            actual = file_sha256(path)
+            if expected is None or actual == expected:
+                return  # a cache hit: no network access
+            logger.warning(
+                "Cached %s has sha256 %s, expected %s; fetching it again.", path, actual, expected
+            )
     where = spec.url or entry.source or "(no source known)"
     if is_offline():
         raise FileNotFoundError(
@@ -145,10 +254,17 @@ def _fetch_file(entry: RegistryEntry, spec, folder: Path, progress_bar: bool) ->
         retry_if_failed=RETRIES,
         allow_updates=True,
     )
-    downloader = pooch.HTTPDownloader(progressbar=progress_bar, timeout=60)
+    downloader = _checking(
+        pooch.HTTPDownloader(progressbar=progress_bar, timeout=60),
+        spec,
+        path,
+        sniff_html=expected is None,  # a hash-less download is about to become the trusted one
+    )
     logger.info("Downloading %s of %r from %s to %s", spec.name, entry.name, spec.url, folder)
     try:
         fetcher.fetch(spec.name, downloader=downloader)
+    except _NotTheFile as err:
+        raise ValueError(str(err)) from None
     except ValueError as err:
         raise ValueError(
             f"The download of {spec.url} does not match its sha256 {expected} "

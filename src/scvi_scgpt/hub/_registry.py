@@ -8,8 +8,11 @@ A registry is JSON (the built-in one is ``hub/registry.json``)::
 
 ``url`` may be ``null`` (no direct download is known: the files must be put into the cache
 by hand) and ``sha256`` may be ``null`` (the first download records it, later loads verify
-it). Entries of user registries (``registry=`` or ``SCVI_SCGPT_REGISTRY``) replace built-in
-entries of the same name.
+it; an HTML page is never recorded). An optional ``"size"`` (bytes) is checked on every
+download. Model names, aliases and file names are plain names (no path separators, not
+``.``/``..``, not absolute; the cache folder is ``CACHE/NAME``); ``aliases`` is a list of
+strings; ``sha256-recorded.json`` is reserved. Entries of user registries (``registry=``
+or ``SCVI_SCGPT_REGISTRY``) replace built-in entries of the same name.
 """
 
 from __future__ import annotations
@@ -19,10 +22,15 @@ import os
 import re
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 #: Environment variable naming extra registry files (``os.pathsep``-separated).
 REGISTRY_ENV = "SCVI_SCGPT_REGISTRY"
+
+#: Per-model file recording the sha256 of files whose registry entry publishes none.
+RECORDED_HASHES = "sha256-recorded.json"
+#: File names the cache keeps for itself: no registry file may be called so.
+RESERVED_FILE_NAMES = (RECORDED_HASHES, f".{RECORDED_HASHES}.lock")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -54,6 +62,51 @@ def _normalise(name: str) -> str:
     return re.sub(r"[\s\-]+", "_", name.strip()).lower()
 
 
+def check_plain_name(name: object, what: str) -> str:
+    """``name`` if it is one plain path component (a model, alias or file name), else raise.
+
+    A plain name is a non-empty string with no slash or backslash, no NUL, no drive, not
+    absolute and not ``.`` or ``..``: joined to a cache folder, it stays inside it.
+
+    Raises
+    ------
+    ValueError
+        With ``what`` (e.g. ``"Registry 'r.json': model name"``) in the message.
+    """
+    if (
+        not isinstance(name, str)
+        or name.strip() in ("", ".", "..")
+        or any(c in name for c in "/\\\0")
+        or PurePosixPath(name).is_absolute()
+        or PureWindowsPath(name).drive
+    ):
+        raise ValueError(
+            f"{what} {name!r} must be a plain name: non-empty, no '/' or '\\', not '.' or "
+            "'..', not absolute. Rename it in the registry."
+        )
+    return name
+
+
+def _aliases(spec: dict, where: str) -> tuple[str, ...]:
+    aliases = spec.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        raise ValueError(
+            f'{where}: "aliases" must be a list of strings, got {aliases!r}; write e.g. '
+            '"aliases": ["human"].'
+        )
+    return tuple(check_plain_name(a, f"{where}: alias") for a in aliases)
+
+
+def _size(fspec: dict, where: str) -> int | None:
+    size = fspec.get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise ValueError(
+            f'{where}: "size" must be the file\'s length in bytes (an integer >= 0) or null, '
+            f"got {size!r}."
+        )
+    return size
+
+
 def _entries_from(data: dict, origin: str) -> dict[str, RegistryEntry]:
     """Validate a registry's JSON and return its entries by name."""
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
@@ -62,6 +115,7 @@ def _entries_from(data: dict, origin: str) -> dict[str, RegistryEntry]:
         )
     entries = {}
     for name, spec in data["models"].items():
+        check_plain_name(name, f"Registry {origin}: model name")
         where = f"{origin}, model {name!r}"
         files = spec.get("files") if isinstance(spec, dict) else None
         if not isinstance(files, dict) or not files:
@@ -77,15 +131,15 @@ def _entries_from(data: dict, origin: str) -> dict[str, RegistryEntry]:
                 raise ValueError(
                     f"{where}, file {file_name!r}: sha256 {sha!r} is not 64 hex digits."
                 )
-            if "/" in file_name or "\\" in file_name or file_name in (".", ".."):
-                raise ValueError(f"{where}: file name {file_name!r} must be a plain name.")
+            check_plain_name(file_name, f"{where}: file name")
+            if file_name in RESERVED_FILE_NAMES:
+                raise ValueError(
+                    f"{where}: file name {file_name!r} is reserved for the cache's own "
+                    f"bookkeeping ({', '.join(RESERVED_FILE_NAMES)}); rename the file."
+                )
+            size = _size(fspec, f"{where}, file {file_name!r}")
             parsed.append(
-                ModelFile(
-                    file_name,
-                    fspec["url"],
-                    None if sha is None else str(sha).lower(),
-                    fspec.get("size"),
-                )  # fmt: skip
+                ModelFile(file_name, fspec["url"], None if sha is None else str(sha).lower(), size)
             )
         entries[name] = RegistryEntry(
             name=name,
@@ -94,7 +148,7 @@ def _entries_from(data: dict, origin: str) -> dict[str, RegistryEntry]:
             licence=spec.get("licence", ""),
             citation=spec.get("citation", ""),
             source=spec.get("source", ""),
-            aliases=tuple(spec.get("aliases", ())),
+            aliases=_aliases(spec, where),
         )
     return entries
 

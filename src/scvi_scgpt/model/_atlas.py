@@ -2,11 +2,14 @@
 
 ``embed_atlas`` reads any :class:`~scvi_scgpt.data.CellSource` by blocks, runs
 ``lightning.Trainer.predict`` (1 process, several CPU processes, GPUs, nodes) and writes each
-block straight into an AnnData zarr store (:class:`~scvi_scgpt.data.AtlasStore`).
+block straight into an AnnData zarr store (:class:`~scvi_scgpt.data.AtlasStore`). One job
+writes one output: the launching process holds ``OUT.lock`` from before the first check
+of the output to the end of the run (:class:`~scvi_scgpt.data._atlas_lock.OutputLock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import warnings
@@ -23,7 +26,14 @@ from anndata import AnnData
 from scvi import REGISTRY_KEYS, settings
 
 from scvi_scgpt.data import AtlasStore, CellSource, InMemorySource, RowBlock, open_source
+from scvi_scgpt.data._atlas_lock import OutputLock, launched_as_rank_zero
 from scvi_scgpt.dataloaders import AtlasDataModule, iter_token_batches
+from scvi_scgpt.model._atlas_blocks import (
+    EMPTY_CELL_POLICIES,
+    block_result,
+    find_empty_cells,
+    output_columns,
+)
 from scvi_scgpt.model._multiomic import is_mudata
 from scvi_scgpt.model._precision import PRECISIONS
 from scvi_scgpt.train._prediction import AtlasProgress, AtlasWriter, BlockPredictionPlan
@@ -67,6 +77,7 @@ class AtlasMixin:
         block_size: int = DEFAULT_BLOCK_SIZE,
         max_tokens_per_batch: int | None = 8192,
         num_workers: int = 0,
+        empty_cells: Literal["nan", "raise"] = "nan",
     ) -> str:
         """Embed every cell of an on-disk (or in-memory) source into an AnnData zarr store.
 
@@ -123,6 +134,12 @@ class AtlasMixin:
             Cap on padded tokens per forward pass.
         num_workers
             DataLoader processes reading blocks ahead of the model (per rank).
+        empty_cells
+            Cells with no expressed gene in the model vocabulary (which :meth:`embed`
+            refuses): ``"nan"`` (default) gives them a NaN row and lists their ids in
+            ``uns["scvi_scgpt_atlas"]["empty_cells"]`` (no label, NaN confidence);
+            ``"raise"`` stops the run at their block. A tokenizer made with
+            ``allow_empty_cells=True`` embeds them as :meth:`embed` does.
 
         Returns
         -------
@@ -131,13 +148,20 @@ class AtlasMixin:
         ``source_part`` column naming each cell's file for a collection, and the label
         columns), ``X`` of shape ``(n_cells, 0)``, ``obsm[key_added]`` (``float32``,
         ``(n_cells, d_model)``, L2-normalised) and ``uns["scvi_scgpt_atlas"]`` (model,
-        source, settings, package version, ``complete`` and ``n_cells`` once finished).
-        The source is never modified.
+        source, settings, package version; once finished ``complete``, ``n_cells`` and
+        ``empty_cells``). The source is never modified.
+
+        Raises
+        ------
+        ~scvi_scgpt.data._atlas_lock.AtlasOutputLocked
+            Another job is writing ``out`` (its process id, host and start time named).
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
         if not isinstance(key_added, str) or not key_added:
             raise ValueError("key_added must be a non-empty string.")
+        if empty_cells not in EMPTY_CELL_POLICIES:
+            raise ValueError(f"empty_cells must be one of {EMPTY_CELL_POLICIES}.")
         batch_size = batch_size or settings.batch_size
         cell_source = self._atlas_source(
             source, measurement, layer, value_filter, gene_symbols_key
@@ -154,117 +178,105 @@ class AtlasMixin:
         run_settings = self._atlas_settings(
             cell_source, key_added, precision, obs_columns, labels_key_added, block_size
         )
-        if store.exists:
-            if not resume:
-                raise FileExistsError(
-                    f"{str(out)!r} already exists; pass resume=True to continue it, or delete "
-                    "it / choose another path."
-                )
-            store.check_compatible(run_settings)
-            if store.is_complete():
-                logger.info("%s is complete already: nothing to run.", out)
-                cell_source.close()
-                return str(out)
-        blocks = cell_source.blocks(block_size)
+        run_settings["empty_cells"] = empty_cells
+        lock = contextlib.nullcontext()
+        if launched_as_rank_zero():  # ranks > 0 of this job run under rank 0's lock
+            lock = OutputLock(out, {"model": run_settings["model"]})
+        skip_empty = empty_cells == "nan" and not self.tokenizer_config.allow_empty_cells
+        with contextlib.closing(cell_source), lock:
+            out = str(out)
+            if store.exists:
+                if not resume:
+                    raise FileExistsError(
+                        f"{out!r} already exists; pass resume=True to continue it, or "
+                        "delete it / choose another path."
+                    )
+                store.check_compatible(run_settings)
+                if store.is_complete():
+                    logger.info("%s is complete already: nothing to run.", out)
+                    return out
+            blocks = cell_source.blocks(block_size)
+            # from the source's schema, before the run: a column no type holds is refused here
+            columns = output_columns(cell_source, obs_columns, part_column, labels_key_added)
 
-        def create_store() -> None:
-            # dtypes from the first block's obs values (its matrix is not read here)
-            part, start, stop = blocks[0].segments[0]
-            columns = {
-                c: _column_dtype(cell_source.obs_values(part, c, start, stop)) for c in obs_columns
-            }
-            if part_column:
-                columns[part_column] = "str"
-            if labels_key_added:
-                columns[labels_key_added] = "str"
-                columns[f"{labels_key_added}_confidence"] = "float32"
-            store.create(
-                n_obs=cell_source.n_obs,
+            def create_store() -> None:
+                store.create(
+                    n_obs=cell_source.n_obs,
+                    block_size=block_size,
+                    arrays={key_added: ((self.architecture.d_model,), "float32")},
+                    obs_columns=columns,
+                    settings=run_settings,
+                    uns={
+                        "model": run_settings["model"],
+                        "source_kind": cell_source.kind,
+                        "key_added": key_added,
+                        "precision": precision,
+                        "package_version": run_settings["package_version"],
+                        "complete": False,
+                    },
+                )
+
+            def run_block(segments: list[RowBlock]) -> dict:
+                outputs = []
+                for seg in segments:
+                    skip = find_empty_cells(seg, column_ids[seg.part]) if skip_empty else None
+                    emb, probs = self._atlas_segment(
+                        seg,
+                        column_ids[seg.part],
+                        self._atlas_batch_codes(cell_source, seg, batch_key),
+                        batch_size,
+                        precision,
+                        max_tokens_per_batch,
+                        classes is not None,
+                        skip=skip,
+                    )
+                    outputs.append(
+                        (emb, probs, np.zeros(len(seg.rows), bool) if skip is None else skip)
+                    )
+                return block_result(
+                    segments,
+                    outputs,
+                    key_added=key_added,
+                    obs_columns=obs_columns,
+                    part_names=[p.name for p in cell_source.parts] if part_column else None,
+                    classes=classes,
+                    labels_key_added=labels_key_added,
+                )
+
+            datamodule = AtlasDataModule(
+                cell_source,
+                store,
                 block_size=block_size,
-                arrays={key_added: ((self.architecture.d_model,), "float32")},
-                obs_columns=columns,
-                settings=run_settings,
-                uns={
-                    "model": run_settings["model"],
-                    "source_kind": cell_source.kind,
-                    "key_added": key_added,
-                    "precision": precision,
-                    "package_version": run_settings["package_version"],
-                    "complete": False,
-                },
+                create_store=create_store,
+                obs_columns=read_columns,
+                num_workers=num_workers,
             )
+            import lightning.pytorch as pl
 
-        def run_block(segments: list[RowBlock]) -> dict:
-            embeddings, obs = [], {c: [] for c in obs_columns}
-            labels, confidence = [], []
-            for seg in segments:
-                emb, probs = self._atlas_segment(
-                    seg,
-                    column_ids[seg.part],
-                    self._atlas_batch_codes(cell_source, seg, batch_key),
-                    batch_size,
-                    precision,
-                    max_tokens_per_batch,
-                    classes is not None,
-                )
-                embeddings.append(emb)
-                for c in obs_columns:
-                    obs[c].append(seg.obs[c])
-                if classes is not None:
-                    labels.append(classes[probs.argmax(1)].astype(object))
-                    confidence.append(probs.max(1))
-            result_obs = {c: np.concatenate(v) for c, v in obs.items()}
-            if part_column:
-                names = [cell_source.parts[s.part].name for s in segments]
-                result_obs[part_column] = np.concatenate(
-                    [np.full(len(s.rows), n, dtype=object) for s, n in zip(segments, names)]
-                )
-            if classes is not None:
-                result_obs[labels_key_added] = np.concatenate(labels)
-                result_obs[f"{labels_key_added}_confidence"] = np.concatenate(confidence)
-            return {"obsm": {key_added: np.concatenate(embeddings)}, "obs": result_obs}
-
-        datamodule = AtlasDataModule(
-            cell_source,
-            store,
-            block_size=block_size,
-            create_store=create_store,
-            obs_columns=read_columns,
-            num_workers=num_workers,
-        )
-        import lightning.pytorch as pl
-
-        writer = AtlasWriter(
-            store,
-            n_blocks=len(blocks),
-            n_obs=cell_source.n_obs,
-            block_size=block_size,
-            check_key=key_added,
-        )
-        progress = AtlasProgress(
-            store, np.array([b.n_cells for b in blocks]), enabled=progress_bar
-        )
-        trainer = pl.Trainer(
-            accelerator=accelerator,
-            devices=devices,
-            num_nodes=num_nodes,
-            strategy=strategy,
-            precision="32-true",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[writer, progress],
-            default_root_dir=str(Path(out).parent),
-        )
-        self.module.eval()
-        plan = BlockPredictionPlan(self.module, run_block)
-        with warnings.catch_warnings():
-            # a block per item: there are no per-cell batch indices for Lightning to infer
-            warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
-            trainer.predict(plan, datamodule=datamodule, return_predictions=False)
-        cell_source.close()
-        return str(out)
+            writer = AtlasWriter(
+                store, blocks=blocks, n_obs=cell_source.n_obs, check_key=key_added
+            )
+            progress = AtlasProgress(store, cell_source.n_obs, enabled=progress_bar)
+            trainer = pl.Trainer(
+                accelerator=accelerator,
+                devices=devices,
+                num_nodes=num_nodes,
+                strategy=strategy,
+                precision="32-true",
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                callbacks=[writer, progress],
+                default_root_dir=str(Path(out).parent),
+            )
+            self.module.eval()
+            plan = BlockPredictionPlan(self.module, run_block)
+            with warnings.catch_warnings():
+                # a block per item: there are no per-cell batch indices for Lightning to infer
+                warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
+                trainer.predict(plan, datamodule=datamodule, return_predictions=False)
+            return out
 
     # ------------------------------------------------------------------ helpers
     def _atlas_source(self, source, measurement, layer, value_filter, gene_symbols_key):
@@ -347,12 +359,17 @@ class AtlasMixin:
         precision: str,
         max_tokens: int | None,
         with_classes: bool,
+        skip: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Embeddings (and class probabilities) of one segment's cells, in row order."""
+        """Embeddings (and class probabilities) of one segment's cells, in row order.
+
+        Cells masked by ``skip`` are not run; their rows are NaN.
+        """
         n = seg.X.shape[0]
+        rows = np.arange(n) if skip is None else np.flatnonzero(~skip)
         batches = iter_token_batches(
             seg.X,
-            np.arange(n),
+            rows,
             column_ids,
             self.tokenizer_config,
             cls_id=self.vocab_.cls_id,
@@ -365,8 +382,9 @@ class AtlasMixin:
             modalities=seg.modalities,
         )
         module = self.module
-        emb = np.empty((n, self.architecture.d_model), dtype=np.float32)
-        probs = np.empty((n, self.architecture.n_cls), dtype=np.float32) if with_classes else None
+        emb = np.full((n, self.architecture.d_model), np.nan, dtype=np.float32)
+        n_cls = self.architecture.n_cls
+        probs = np.full((n, n_cls), np.nan, dtype=np.float32) if with_classes else None
 
         def step(t, _positions):
             out = module.inference(**module._get_inference_input(t), cls_only=True)
@@ -375,9 +393,9 @@ class AtlasMixin:
             return F.normalize(cell.float(), p=2, dim=1), p
 
         for positions, (e, p) in self._run_token_batches(batches, step, precision):
-            emb[positions] = e.cpu().numpy()
+            emb[rows[positions]] = e.cpu().numpy()
             if probs is not None:
-                probs[positions] = p.cpu().numpy()
+                probs[rows[positions]] = p.cpu().numpy()
         return emb, probs
 
     def _atlas_settings(
@@ -401,15 +419,3 @@ class AtlasMixin:
             "n_obs": int(source.n_obs),
             "package_version": _package_version(),
         }
-
-
-def _column_dtype(values: np.ndarray) -> str:
-    """Output dtype of an ``obs`` column: numbers and booleans kept, anything else text."""
-    values = np.asarray(values)
-    if values.dtype.kind == "b":
-        return "bool"
-    if values.dtype.kind in "iu":
-        return "int64"
-    if values.dtype.kind == "f":
-        return "float64"
-    return "str"

@@ -22,6 +22,9 @@ from scvi_scgpt.model._scvi_compat import anndata_uuid, give_own_uuid
 
 logger = logging.getLogger(__name__)
 
+#: The setup methods a saved scvi-tools registry may name (``setup_method_name``).
+SETUP_METHODS = ("setup_anndata", "setup_mudata")
+
 #: Set while ``from_pretrained`` builds a model whose weights come from a checkpoint.
 BUILD_ON_META: contextvars.ContextVar[bool] = contextvars.ContextVar("meta", default=False)
 
@@ -63,8 +66,21 @@ class BaseMixin:
 
     @classmethod
     def _setup_from_registry(cls, adata, registry: dict, **kwargs) -> None:
-        """Set ``adata`` up as the registry's data was (``setup_anndata`` or ``setup_mudata``)."""
-        setup = getattr(cls, registry.get("setup_method_name") or "setup_anndata")
+        """Set ``adata`` up as the registry's data was (``setup_anndata`` or ``setup_mudata``).
+
+        Raises
+        ------
+        ValueError
+            The registry names another method (:data:`SETUP_METHODS` are the only ones run).
+        """
+        name = registry.get("setup_method_name") or "setup_anndata"
+        if name not in SETUP_METHODS:
+            raise ValueError(
+                f"The saved registry names setup method {name!r}; only {list(SETUP_METHODS)} "
+                "set data up. The model file was not written by SCGPT.save or was changed "
+                'since; save the model again, or set "setup_method_name" to one of those.'
+            )
+        setup = getattr(cls, name)
         setup(adata, source_registry=registry, **kwargs, **registry["setup_args"])
 
     def _uses_batches(self) -> bool:

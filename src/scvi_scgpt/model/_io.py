@@ -26,8 +26,18 @@ from scvi_scgpt.model._checkpoint import (
 )
 from scvi_scgpt.model._multiomic import KEEP_VOCAB, is_mudata
 from scvi_scgpt.model._scvi_compat import pick_device
-from scvi_scgpt.model._serialization import from_jsonable, to_jsonable
-from scvi_scgpt.module import infer_architecture, official_args, to_torch_layout
+from scvi_scgpt.model._serialization import (
+    attrs_to_load,
+    attrs_to_save,
+    from_jsonable,
+    to_jsonable,
+)
+from scvi_scgpt.module import (
+    NON_OFFICIAL_PREFIXES,
+    infer_architecture,
+    official_args,
+    to_torch_layout,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -236,6 +246,13 @@ class IOMixin:
         (dir_path / "args.json").write_text(json.dumps(args, indent=2), encoding="utf-8")
         self.vocab_.save(dir_path / _VOCAB_FILE)
         state = self._cpu_state_dict()
+        ours = [k for k in state if k.startswith(NON_OFFICIAL_PREFIXES)]
+        if ours:
+            logger.warning(
+                "save_pretrained writes the official format, which has no count decoder: it is "
+                "left out (model.save keeps it)."
+            )
+            state = {k: v for k, v in state.items() if k not in ours}
         torch.save(state, dir_path / "best_model.pt")
 
     def _cpu_state_dict(self) -> dict:
@@ -284,13 +301,7 @@ class IOMixin:
             "model_name": type(self).__name__,
             "init_params": {"non_kwargs": non_kwargs, "kwargs": init["kwargs"]},
             "registry": self.registry_,
-            "attrs": {
-                k: v
-                for k, v in vars(self).items()
-                if k.endswith("_")
-                and not k.startswith("_")
-                and k not in ("init_params_", "registry_", "vocab_", "checkpoint_audit_")
-            },
+            "attrs": attrs_to_save(self),
             "var_names": np.asarray(self.adata.var_names),
         }
         if self.checkpoint_audit_ is not None:
@@ -350,6 +361,7 @@ class IOMixin:
             raise ValueError(
                 f"{str(dir_path)!r} holds a {meta.get('model_name')}, not {cls.__name__}."
             )
+        attrs = attrs_to_load(meta.get("attrs", {}), repr(str(meta_path)))
         if adata is None:
             h5ad = dir_path / (prefix + "adata.h5ad")
             h5mu = dir_path / (prefix + "adata.h5mu")
@@ -373,7 +385,7 @@ class IOMixin:
             model = cls(adata, vocab=vocab, **init["non_kwargs"], **kwargs_flat)
         finally:
             KEEP_VOCAB.reset(token)
-        for attr, value in meta["attrs"].items():
+        for attr, value in attrs.items():
             setattr(model, attr, value)
         if "checkpoint_audit" in meta:
             model.checkpoint_audit_ = CheckpointAudit(**meta["checkpoint_audit"])

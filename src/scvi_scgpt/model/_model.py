@@ -29,6 +29,7 @@ from scvi_scgpt.model._atlas import AtlasMixin
 from scvi_scgpt.model._base import BUILD_ON_META, BaseMixin, resolve_vocab
 from scvi_scgpt.model._checkpoint import CheckpointAudit
 from scvi_scgpt.model._embedding import EmbeddingMixin
+from scvi_scgpt.model._expression import ExpressionMixin
 from scvi_scgpt.model._fields import GeneExpressionField
 from scvi_scgpt.model._generation import GenerationMixin
 from scvi_scgpt.model._hub import HubMixin
@@ -52,6 +53,7 @@ class SCGPT(
     GenerationMixin,
     GeneNetworkMixin,
     PerturbationMixin,
+    ExpressionMixin,
     TrainingMixin,
     HubMixin,
     IOMixin,
@@ -182,6 +184,7 @@ class SCGPT(
         gene_symbols_key: str | None = None,
         perturbation_key: str | None = None,
         control_group: str = "ctrl",
+        split_key: str | None = None,
         **kwargs,
     ) -> None:
         """%(summary)s.
@@ -208,6 +211,13 @@ class SCGPT(
             control cells of their own type.
         control_group
             The condition of the control cells.
+        split_key
+            Column of ``adata.obs`` with ``"train"`` / ``"val"`` / ``"test"`` per cell (the
+            ``key_added`` of :func:`scvi_scgpt.tl.perturbation_split`); needs
+            ``perturbation_key``. Perturbation training learns from its ``"train"`` cells
+            only, every training statistic included (additive prior, control mean, WMSE
+            weights, control pool), validates on ``"val"`` and never reads ``"test"``. Saved
+            with the model. ``None``: ``obs["split"]`` when present (as before).
 
         Notes
         -----
@@ -240,13 +250,15 @@ class SCGPT(
         elif isinstance(matrix, np.ndarray):
             check_expression_values(matrix, where=where)
         extra_fields = []
-        if perturbation_key is not None:
+        if perturbation_key is not None or split_key is not None:
             extra_fields = perturbation_fields(
                 adata,
                 perturbation_key=perturbation_key,
                 control_group=control_group,
                 layer=layer,
                 gene_symbols_key=gene_symbols_key,
+                split_key=split_key,
+                transfer=kwargs.get("source_registry") is not None,
             )
         # a copy of a set-up AnnData carries the original's uuid: give it its own, or its
         # registration would replace the original's

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Sequence
+from functools import wraps
 from itertools import combinations
 
 import numpy as np
@@ -15,6 +17,8 @@ from scvi import REGISTRY_KEYS
 from scvi_scgpt._constants import TOKEN_KEYS
 from scvi_scgpt.dataloaders import PERTURBATION_KEY
 from scvi_scgpt.model._perturbation_combination import CombinationMixin
+from scvi_scgpt.model._perturbation_setup import resolve_split, warn_if_leaking
+from scvi_scgpt.model._training import TrainingMixin
 from scvi_scgpt.tl._perturbation_data import canonical_condition, condition_genes, dense_rows
 
 
@@ -34,6 +38,35 @@ class PerturbationMixin(CombinationMixin):
                 "SCGPT.setup_anndata(adata, perturbation_key='condition', control_group='ctrl')."
             )
         return args["perturbation_key"], args.get("control_group", "ctrl")
+
+    def _training_split(self, adata: AnnData) -> tuple[np.ndarray | None, str]:
+        """Per cell ``"train"`` / ``"val"`` / ``"test"`` (``""``: unused) of the training.
+
+        The cells ``train(datasplitter_kwargs={"external_indexing": ...})`` holds out while
+        it runs, else the registered ``split_key`` column (``obs["split"]`` without one).
+        """
+        args = self.get_anndata_manager(adata, required=True).registry["setup_args"]
+        indexing = getattr(self, "_heldout_indexing", None) if adata is self.adata else None
+        return resolve_split(adata, args.get("split_key"), indexing)
+
+    @wraps(TrainingMixin.train)
+    def train(self, *args, **kwargs):  # noqa: D102 (TrainingMixin.train's docstring)
+        # cells held out through datasplitter_kwargs={"external_indexing": ...} must stay out
+        # of the statistics the perturbation collator and the residual gate compute
+        try:
+            bound = inspect.signature(TrainingMixin.train).bind(self, *args, **kwargs)
+        except TypeError:  # let train raise its own error
+            return super().train(*args, **kwargs)
+        bound.apply_defaults()
+        splitter = bound.arguments.get("datasplitter_kwargs") or {}
+        self._heldout_indexing = splitter.get("external_indexing")
+        setup = self.adata_manager.registry["setup_args"]
+        try:
+            if bound.arguments["task"] == "perturbation" and setup.get("perturbation_key"):
+                warn_if_leaking(*self._training_split(self.adata), stacklevel=3)
+            return super().train(*args, **kwargs)
+        finally:
+            self._heldout_indexing = None
 
     def _perturbed_columns(self, adata: AnnData, genes: Sequence[str]) -> np.ndarray:
         """Matrix columns of perturbed genes; each must be a gene the model represents."""
@@ -67,7 +100,7 @@ class PerturbationMixin(CombinationMixin):
         ]
         labels = adata.obs[key].astype(str).to_numpy()
         is_control = labels == control
-        split = adata.obs["split"].astype(str).to_numpy() if "split" in adata.obs else None
+        split, _ = self._training_split(adata)
         if split is not None:
             is_control &= split == "train"
         rows = np.flatnonzero(is_control)
@@ -84,7 +117,7 @@ class PerturbationMixin(CombinationMixin):
             }
             | self._option_inputs(adata, matrix, [str(c) for c in mapping], control, split)
         }
-        if split is not None:
+        if split is not None and getattr(self, "_heldout_indexing", None) is None:
             inputs["splitter"] = {
                 "external_indexing": [np.flatnonzero(split == p) for p in ("train", "val", "test")]
             }
@@ -106,9 +139,17 @@ class PerturbationMixin(CombinationMixin):
         return names, columns
 
     def _control_rows(
-        self, adata: AnnData, key: str, control: str, n_control_cells: int | None, seed: int
+        self,
+        adata: AnnData,
+        key: str,
+        control: str,
+        n_control_cells: int | None,
+        seed: int,
+        among: np.ndarray | None = None,
     ) -> np.ndarray:
-        rows = np.flatnonzero(adata.obs[key].astype(str).to_numpy() == control)
+        """Control cells (a seeded subset of ``n_control_cells``), within the mask ``among``."""
+        is_control = adata.obs[key].astype(str).to_numpy() == control
+        rows = np.flatnonzero(is_control if among is None else is_control & among)
         if not len(rows):
             raise ValueError(f"No control cells ({key} == {control!r}) in this AnnData.")
         if n_control_cells is not None:
@@ -300,10 +341,12 @@ class PerturbationMixin(CombinationMixin):
                     base = ctrl_cells + (prior - ctrl_cells.mean(0))
                     cells = (base + gate * (cells - base)).astype(np.float32)
             elif residual and len(cols) == 1 and self._measured_single(adata, cols) is not None:
-                # a single measured in training: its observed change, the prior of its doubles
+                # a single measured in training: its observed change, the prior of its doubles;
+                # NaN on the genes the model cannot predict, as for every other prediction
                 ctrl_cells = dense_rows(self._expression(adata), rows)
                 shift = self._prior_control(adata, ctrl_cells.mean(0)) - ctrl_cells.mean(0)
                 delta = self._measured_single(adata, cols) + shift
+                delta[self._column_vocab_ids(adata) < 0] = np.nan
                 mean = ctrl_cells.mean(0) + delta
                 cells = (ctrl_cells + delta).astype(np.float32) if return_cells else None
             else:
@@ -374,8 +417,9 @@ class PerturbationMixin(CombinationMixin):
             profile (Series indexed by gene, or an array over ``adata.var_names``).
         candidates
             Perturbations to rank (default: every single gene and every pair of genes
-            perturbed in training, i.e. in the conditions of ``adata`` outside
-            ``obs["split"]`` ``"val"`` / ``"test"``).
+            perturbed in training, i.e. in the ``"train"`` conditions of ``adata``'s
+            registered ``split_key``, or of ``obs["split"]`` without one; every condition
+            when ``adata`` has no split).
         top_k
             Rows returned (``None``: all).
         predictions
@@ -431,11 +475,11 @@ class PerturbationMixin(CombinationMixin):
         table["rank"] = np.arange(1, len(table) + 1)
         return table if top_k is None else table.head(int(top_k))
 
-    @staticmethod
-    def _training_candidates(adata: AnnData, key: str, control: str) -> list[str]:
+    def _training_candidates(self, adata: AnnData, key: str, control: str) -> list[str]:
         conditions = adata.obs[key].astype(str)
-        if "split" in adata.obs:
-            conditions = conditions[adata.obs["split"].astype(str).to_numpy() == "train"]
+        split, _ = self._training_split(adata)
+        if split is not None:
+            conditions = conditions[split == "train"]
         genes = sorted(
             {g for c in conditions.unique() for g in condition_genes(c, control=control)}
         )

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from scvi_scgpt.dataloaders import PERTURBATION_KEY
 from scvi_scgpt.tl._perturbation_data import condition_genes, dense_rows
+from scvi_scgpt.tl._perturbation_scores import abs_t_weights
 
 #: ``train("perturbation", combination=...)`` modes.
 COMBINATIONS = ("official", "additive_residual")
@@ -65,12 +66,17 @@ def group_moments(
 
 
 def de_weight_matrix(counts, mean, var, control_code: int) -> np.ndarray:
-    """``|Welch t|`` of each group against the control group; uniform where undefined."""
+    """``|Welch t|`` of each group against the control group (see :func:`abs_t_weights`).
+
+    An infinite ``|t|`` (no variance in either group, different means: the most separated
+    genes) weighs as the group's largest finite ``|t|``; a group without any change, too few
+    cells, and the control itself weigh every gene 1.
+    """
     n0, m0, v0 = counts[control_code], mean[control_code], var[control_code]
     n = counts[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         t = (mean - m0) / np.sqrt(var / n + v0 / max(n0, 1))
-    t = np.abs(np.where(np.isfinite(t), t, 0.0))
+    t = abs_t_weights(t)
     flat = (t.sum(1) <= 0) | (counts < 2) | (n0 < 2)
     t[flat] = 1.0
     t[control_code] = 1.0
@@ -178,8 +184,10 @@ class CombinationMixin:
             }
         else:
             self.perturbation_combination_ = None
-        if loss == "wmse":
-            seen = codes if split is None else np.where(split != "test", codes, -1)
+        if loss == "wmse":  # training and validation cells (the loss weights of both)
+            seen = (
+                codes if split is None else np.where(np.isin(split, ("train", "val")), codes, -1)
+            )
             counts, mean, var = group_moments(matrix, seen, len(conditions))
             out["gene_weights"] = de_weight_matrix(counts, mean, var, conditions.index(control))
         return out
@@ -192,27 +200,31 @@ class CombinationMixin:
         adata = self.adata
         key, control = self._perturbation_setup(adata)
         labels = adata.obs[key].astype(str).to_numpy()
-        split = adata.obs["split"].astype(str).to_numpy() if "split" in adata.obs else None
+        split, source = self._training_split(adata)
         val = [] if split is None else sorted(set(labels[split == "val"]))
         doubles = [c for c in val if len(condition_genes(c, control=control)) == 2]
         if not doubles:
             warnings.warn(
-                "No validation doubles (obs['split'] == 'val') to choose the residual gate: "
-                "it is set to 0, the additive prior.",
+                f"No validation doubles ('val' cells of {source}) to choose the residual "
+                "gate: it is set to 0, the additive prior.",
                 UserWarning,
                 stacklevel=3,
             )
             state["gate"] = 0.0
             return
         state["gate"] = 1.0
-        rows = self._control_rows(adata, key, control, n_control_cells, seed)
+        # the training control cells are the inputs: held-out controls stay out of the gate
+        rows = self._control_rows(adata, key, control, n_control_cells, seed, split == "train")
         model, prior = [], []
         for c in doubles:
             m, p, _ = self._additive_residual(adata, rows, condition_genes(c, control=control))
             model.append(m)
             prior.append(p)
         matrix = self._expression(adata)
-        observed = [dense_rows(matrix, np.flatnonzero(labels == c)).mean(0) for c in doubles]
+        observed = [
+            dense_rows(matrix, np.flatnonzero((labels == c) & (split == "val"))).mean(0)
+            for c in doubles
+        ]
         state["gate"] = residual_gate(np.stack(model), np.stack(prior), np.stack(observed))
 
     def _additive_residual(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
+from collections.abc import Sequence
+
 import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
@@ -9,6 +13,11 @@ from scvi.data.fields import CategoricalObsField
 
 from scvi_scgpt.dataloaders import PERTURBATION_KEY
 from scvi_scgpt.tl._perturbation_data import check_perturbation_obs
+
+logger = logging.getLogger(__name__)
+
+#: Values of a split column (``setup_anndata(split_key=...)``, ``tl.perturbation_split``).
+SPLIT_VALUES = ("train", "val", "test")
 
 #: Largest value of GEARS' log-normalised expression (``log1p`` of counts per 10,000 is at
 #: most ``log1p(1e4)`` = 9.2); larger values are taken for unnormalised data.
@@ -42,12 +51,14 @@ def check_log_normalised(matrix, where: str) -> None:
 def perturbation_fields(
     adata: AnnData,
     *,
-    perturbation_key: str,
+    perturbation_key: str | None,
     control_group: str,
     layer: str | None,
     gene_symbols_key: str | None,
+    split_key: str | None = None,
+    transfer: bool = False,
 ) -> list[CategoricalObsField]:
-    """Validate a GEARS condition column and return its scvi-tools field.
+    """Validate a GEARS condition column (and split column) and return its scvi-tools field.
 
     Parameters
     ----------
@@ -57,6 +68,11 @@ def perturbation_fields(
         Condition column (``"ctrl"``, ``"A+ctrl"``, ``"A+B"``) and control condition.
     layer, gene_symbols_key
         The ``setup_anndata`` arguments (expression and gene names).
+    split_key
+        Column of ``"train"`` / ``"val"`` / ``"test"`` per cell, or ``None``.
+    transfer
+        The setup is transferred from a model's registry (``SCGPT.load(dir, adata)``): the
+        split column may then be absent (data to predict on have none).
 
     Returns
     -------
@@ -66,8 +82,15 @@ def perturbation_fields(
     ------
     KeyError, ValueError
         For a missing column, no control cells, a malformed condition, a perturbed gene that
-        is not measured, a condition with one cell, or raw counts.
+        is not measured, a condition with one cell, raw counts, a ``split_key`` without
+        ``perturbation_key`` or a split value other than ``"train"`` / ``"val"`` / ``"test"``.
     """
+    if perturbation_key is None:
+        raise ValueError(
+            f"split_key={split_key!r} holds out perturbation conditions: pass "
+            "perturbation_key too, e.g. SCGPT.setup_anndata(adata, perturbation_key="
+            f"'condition', split_key={split_key!r})."
+        )
     genes = adata.var_names if gene_symbols_key is None else adata.var[gene_symbols_key]
     check_perturbation_obs(
         adata,
@@ -76,6 +99,79 @@ def perturbation_fields(
         genes=np.asarray(genes, dtype=str),
         min_cells=2,
     )
+    if split_key is not None and not (transfer and split_key not in adata.obs):
+        check_split(adata, split_key)
     matrix = adata.X if layer is None else adata.layers[layer]
     check_log_normalised(matrix, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
     return [CategoricalObsField(PERTURBATION_KEY, perturbation_key)]
+
+
+def check_split(adata: AnnData, split_key: str) -> None:
+    """Raise unless ``adata.obs[split_key]`` holds only ``"train"`` / ``"val"`` / ``"test"``."""
+    if split_key not in adata.obs:
+        raise KeyError(
+            f"split_key={split_key!r} is not a column of adata.obs (columns: "
+            f"{list(adata.obs.columns)}); write one with "
+            f"tl.perturbation_split(adata, key_added={split_key!r})."
+        )
+    column = adata.obs[split_key]
+    values = set(column.dropna().astype(str).unique())
+    bad = sorted(values - set(SPLIT_VALUES))
+    if bad or column.isna().any():
+        shown = bad[:5] if bad else ["<missing>"]
+        raise ValueError(
+            f"adata.obs[{split_key!r}] must hold {list(SPLIT_VALUES)} for every cell; found "
+            f"{shown}. Map every cell to one of them (training cells 'train')."
+        )
+
+
+def resolve_split(
+    adata: AnnData, split_key: str | None, indexing: Sequence | None = None
+) -> tuple[np.ndarray | None, str]:
+    """Per cell ``"train"`` / ``"val"`` / ``"test"`` (``""``: unused), and where it comes from.
+
+    In order: the ``external_indexing`` given to ``train(datasplitter_kwargs=...)``, the
+    registered ``split_key`` column, and for compatibility ``obs["split"]`` when no
+    ``split_key`` was registered. ``None`` when there is no split.
+
+    Parameters
+    ----------
+    adata
+        The cells.
+    split_key
+        The registered split column (absent from ``adata``: no split).
+    indexing
+        Train, validation (and test) cell indices, or ``None``.
+    """
+    if indexing is not None:
+        labels = np.full(adata.n_obs, "", dtype="<U5")
+        for name, rows in zip(SPLIT_VALUES, indexing, strict=False):
+            labels[np.asarray(rows, dtype=np.int64)] = name
+        return labels, "datasplitter_kwargs['external_indexing']"
+    if split_key is None and "split" in adata.obs:
+        logger.info(
+            "No split_key registered: obs['split'] holds the cells out (as before); register "
+            "it with SCGPT.setup_anndata(..., split_key='split')."
+        )
+        split_key = "split"
+    if split_key is None:
+        return None, "no split_key, no obs['split']"
+    if split_key not in adata.obs:
+        return None, f"split_key {split_key!r} is not a column of this AnnData"
+    return adata.obs[split_key].astype(str).to_numpy(), f"obs[{split_key!r}]"
+
+
+def warn_if_leaking(split: np.ndarray | None, source: str, stacklevel: int = 2) -> None:
+    """Warn when no cell is held out: every training statistic then reads every cell."""
+    if split is not None and np.isin(split, ("val", "test")).any():
+        return
+    warnings.warn(
+        f"No held-out perturbation cells ({source}): the additive prior, the control mean, "
+        "the WMSE weights and the control pool read every cell, so evaluating on any "
+        "condition of these data would leak. Hold conditions out with "
+        "tl.perturbation_split(adata, key_added='split') and SCGPT.setup_anndata(..., "
+        "split_key='split'), or train(datasplitter_kwargs={'external_indexing': [train, "
+        "val, test]}).",
+        UserWarning,
+        stacklevel=stacklevel,
+    )

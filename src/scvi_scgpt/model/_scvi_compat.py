@@ -13,9 +13,31 @@ from scvi.data._utils import _assign_adata_uuid
 
 # Lightning device parsing with scvi-tools' defaults, as every scvi-tools model uses it
 # whether a strategy needs a distributed sampler in scvi-tools' DataSplitter (DDP training)
-from scvi.model._utils import parse_device_args, use_distributed_sampler
+# batch categories to codes, and the raw-count statistics of a DE table, as RNASeqMixin uses them
+from scvi.model._utils import (
+    _get_batch_code_from_category,
+    parse_device_args,
+    scrna_raw_counts_properties,
+    use_distributed_sampler,
+)
 
-__all__ = ["anndata_uuid", "give_own_uuid", "pick_device", "use_distributed_sampler"]
+# scvi-tools' differential expression core (groups, Bayes factors, the DE DataFrame)
+from scvi.model.base._de_core import _de_core
+
+__all__ = [
+    "_de_core",
+    "anndata_uuid",
+    "batch_codes_of",
+    "give_own_uuid",
+    "pick_device",
+    "scrna_raw_counts_properties",
+    "use_distributed_sampler",
+]
+
+
+def batch_codes_of(adata_manager, transform_batch) -> list[int | None]:
+    """Batch codes of ``transform_batch`` categories (``[None]``: each cell's own batch)."""
+    return list(_get_batch_code_from_category(adata_manager, transform_batch))
 
 
 def anndata_uuid(adata: AnnData) -> str | None:

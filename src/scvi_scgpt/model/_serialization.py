@@ -2,10 +2,79 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scvi import settings
+
+#: The model attributes ``save`` writes to ``attrs`` and ``load`` restores; nothing else.
+SAVED_ATTRS = (
+    "is_trained_",
+    "history_",
+    "train_indices_",
+    "validation_indices_",
+    "test_indices_",
+    "run_name_",
+    "run_id_",
+    "gene_subset_",
+    "modality_vocab_",
+    "training_task_",
+    "perturbation_combination_",
+)
+#: Attributes saved in their own fields or files (or rebuilt by the constructor), not ``attrs``.
+NOT_SAVED_ATTRS = (
+    "init_params_",
+    "registry_",
+    "vocab_",
+    "checkpoint_audit_",
+    "get_normalized_function_name_",
+)
+#: Attributes earlier versions wrote, skipped on load when they hold the value shown.
+_LEGACY_ATTRS = {"get_normalized_function_name_": "get_normalized_expression"}
+
+
+def attrs_to_save(model: Any) -> dict[str, Any]:
+    """The attributes of ``model`` that ``save`` writes: those in :data:`SAVED_ATTRS`.
+
+    Other public attributes ending in ``_`` (set by hand) are left out with a warning.
+    """
+    own = {k: v for k, v in vars(model).items() if k.endswith("_") and not k.startswith("_")}
+    left_out = sorted(set(own) - set(SAVED_ATTRS) - set(NOT_SAVED_ATTRS))
+    if left_out:
+        warnings.warn(
+            f"Not saved: {left_out}. A saved model restores only {list(SAVED_ATTRS)}.",
+            UserWarning,
+            stacklevel=settings.warnings_stacklevel,
+        )
+    return {k: v for k, v in own.items() if k in SAVED_ATTRS}
+
+
+def attrs_to_load(attrs: Any, source: str) -> dict[str, Any]:
+    """The ``attrs`` of a saved model's JSON, checked against :data:`SAVED_ATTRS`.
+
+    Raises
+    ------
+    ValueError
+        ``attrs`` is not a mapping, or names an attribute outside :data:`SAVED_ATTRS`
+        (a file not written by ``save``, or changed since: loading it could replace any
+        attribute or method of the model).
+    """
+    if not isinstance(attrs, dict):
+        raise ValueError(f'{source}: "attrs" must be a JSON object, got {type(attrs).__name__}.')
+    refused = sorted(
+        k
+        for k, v in attrs.items()
+        if k not in SAVED_ATTRS and not (k in _LEGACY_ATTRS and v == _LEGACY_ATTRS[k])
+    )
+    if refused:
+        raise ValueError(
+            f"{source} sets the model attribute(s) {refused}, which a saved model may not set "
+            f"(only {list(SAVED_ATTRS)}). The file was not written by SCGPT.save or was changed "
+            'since; save the model again, or remove those keys from its "attrs".'
+        )
+    return {k: v for k, v in attrs.items() if k in SAVED_ATTRS}
 
 
 def to_jsonable(obj: Any) -> Any:

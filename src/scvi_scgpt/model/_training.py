@@ -200,8 +200,8 @@ class TrainingMixin:
         """
         if task not in PRESETS:
             raise ValueError(f"Unknown task {task!r}; choose one of {sorted(PRESETS)}.")
-        preset = PRESETS[task]
         regime, why = detect_regime(self, regime)
+        preset = PRESETS[task].for_regime(regime)
         values, explicit = resolve_hyperparameters(
             preset,
             regime,

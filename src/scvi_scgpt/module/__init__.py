@@ -7,6 +7,7 @@ from scvi_scgpt.module._module import SCGPTModule
 from scvi_scgpt.module._official import (
     FREEZE_GROUPS,
     HEAD_PREFIXES,
+    NON_OFFICIAL_PREFIXES,
     PER_BATCH_ROWS,
     infer_architecture,
     official_args,
@@ -16,6 +17,7 @@ from scvi_scgpt.module._official import (
 __all__ = [
     "FREEZE_GROUPS",
     "HEAD_PREFIXES",
+    "NON_OFFICIAL_PREFIXES",
     "PER_BATCH_ROWS",
     "ArchitectureConfig",
     "ObjectiveConfig",

@@ -79,6 +79,21 @@ class ArchitectureConfig:
         Use the ``AffineExprDecoder`` (``coeff * input value + bias``) as ``decoder``; it is
         also used whenever an activation (a ``torch.nn`` name) or the adaptive bias is set,
         as in the official constructor.
+    count_decoder
+        Build the count decoder ``count_decoder`` (not an official head): a negative-binomial
+        model of each cell's counts over ``n_count_genes`` genes from its cell embedding
+        (:class:`~scvi_scgpt.nn.CountDecoder`), trained by the ``count`` objective.
+    n_count_genes
+        Genes the count decoder decodes (their vocabulary ids are saved with the weights).
+    count_likelihood
+        ``"nb"`` (negative binomial) or ``"zinb"`` (zero-inflated).
+    count_dispersion
+        ``"gene"`` (one inverse dispersion per gene) or ``"gene-batch"``.
+    count_n_batch
+        Batches the count decoder is conditioned on (``0``: not conditioned), as scVI's
+        decoder is, so the cell embedding need not carry the batch.
+    count_hidden
+        Width of the count decoder's hidden layer.
     """
 
     n_tokens: int
@@ -115,6 +130,12 @@ class ArchitectureConfig:
     affine_decoder: bool = False
     decoder_activation: str | None = None
     decoder_adaptive_bias: bool = False
+    count_decoder: bool = False
+    n_count_genes: int = 0
+    count_likelihood: str = "nb"
+    count_dispersion: str = "gene"
+    count_n_batch: int = 0
+    count_hidden: int = 128
 
     @property
     def uses_affine_decoder(self) -> bool:
@@ -156,6 +177,8 @@ class ArchitectureConfig:
             raise ValueError("use_mod does not support cell_emb_style='w-pool'.")
         if self.uses_affine_decoder and (self.use_batch_labels or self.use_mod):
             raise ValueError("The AffineExprDecoder does not take batch or modality labels.")
+        if self.count_decoder and self.n_count_genes < 1:
+            raise ValueError("count_decoder needs the genes to decode (n_count_genes >= 1).")
         needs_batches = self.do_dab or self.use_batch_labels or self.domain_spec_batchnorm
         if needs_batches and self.n_batch < 1:
             raise ValueError(
@@ -222,6 +245,15 @@ class ObjectiveConfig:
         Welch t statistic of the target cell's condition against the control cells (training
         cells), normalised per cell, so the few genes a perturbation changes are not drowned
         by the many it leaves alone (less collapse to the mean response).
+    count
+        Count reconstruction (not an official objective): the negative-binomial likelihood of
+        each cell's raw counts over every decoded gene (measured ones and zeros alike) from
+        its cell embedding, with the cell's observed library size (the ``count_decoder``
+        head; the registered expression must be raw counts). Gives the model scvi-tools'
+        ``get_normalized_expression``, ``differential_expression`` and
+        ``posterior_predictive_sample``.
+    count_weight
+        Weight of the count term (a mean negative log-likelihood per gene and cell).
     ecs_threshold, ecs_weight, dar_weight, gep_weight, gepc_weight, cls_weight
         Threshold and loss weights (official integration tutorial: 0.8, 10, 1).
     """
@@ -244,12 +276,10 @@ class ObjectiveConfig:
     gep_weight: float = 1.0
     gepc_weight: float = 1.0
     cls_weight: float = 1.0
+    count: bool = False
+    count_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.perturbation_loss not in ("mse", "wmse"):
-            raise ValueError(
-                f"perturbation_loss must be 'mse' or 'wmse', got {self.perturbation_loss!r}."
-            )
         if self.perturbation_loss not in ("mse", "wmse"):
             raise ValueError(
                 f"perturbation_loss must be 'mse' or 'wmse', got {self.perturbation_loss!r}."
@@ -262,7 +292,11 @@ class ObjectiveConfig:
             and not (self.generative or self.perturbation)
         ):
             raise ValueError("GEP/GEPC need masked positions: set mask_ratio > 0.")
-        if not any((self.gep, self.gepc, self.ecs, self.dar, self.cls, self.perturbation)):
+        if self.count and self.perturbation:
+            raise ValueError("The count objective does not apply to perturbation training.")
+        if not any(
+            (self.gep, self.gepc, self.ecs, self.dar, self.cls, self.perturbation, self.count)
+        ):
             raise ValueError("At least one objective must be switched on.")
 
     def to_dict(self) -> dict:
@@ -277,5 +311,6 @@ class ObjectiveConfig:
             "do_dab": self.dar,
             "use_generative_flag": self.generative,
             "use_pert_flags": self.perturbation,
+            "count_decoder": self.count,
         }
         return {k: True for k, v in needs.items() if v}

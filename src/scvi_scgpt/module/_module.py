@@ -10,6 +10,7 @@ from torch import nn
 from scvi_scgpt._constants import MASK_VALUE, TOKEN_KEYS
 from scvi_scgpt.module._conditioning import decoder_inputs
 from scvi_scgpt.module._config import ArchitectureConfig, ObjectiveConfig
+from scvi_scgpt.module._count import count_nll
 from scvi_scgpt.module._losses import elastic_cell_similarity, masked_bernoulli_nll, masked_mse
 from scvi_scgpt.module._perturbation import perturbation_loss
 from scvi_scgpt.nn import (
@@ -19,6 +20,7 @@ from scvi_scgpt.nn import (
     CategoryValueEncoder,
     ClsDecoder,
     ContinuousValueEncoder,
+    CountDecoder,
     DomainSpecificBatchNorm1d,
     ExprDecoder,
     GeneEncoder,
@@ -97,6 +99,15 @@ class SCGPTModule(BaseModuleClass):
         if c.do_dab:
             self.grad_reverse_discriminator = AdversarialDiscriminator(
                 c.d_model, c.n_batch, n_layers=c.n_layers_cls
+            )
+        if c.count_decoder:
+            self.count_decoder = CountDecoder(
+                c.d_model,
+                c.n_count_genes,
+                n_batch=c.count_n_batch,
+                n_hidden=c.count_hidden,
+                likelihood=c.count_likelihood,
+                dispersion=c.count_dispersion,
             )
         self._init_gene_embedding()
 
@@ -284,7 +295,8 @@ class SCGPTModule(BaseModuleClass):
         (:func:`~scvi_scgpt.module._conditioning.decoder_inputs`).
 
         Returns ``expr`` (GEP) and, when built, ``expr_zero_probs``, ``mvc`` (GEPC),
-        ``mvc_zero_probs``, ``cls_logits`` and ``dab_logits``.
+        ``mvc_zero_probs``, ``cls_logits``, ``dab_logits`` and ``count_params`` (the count
+        decoder's ``scale`` / ``theta`` / ``dropout_logits``).
         """
         out: dict[str, torch.Tensor] = {}
         tokens, cell, genes = decoder_inputs(
@@ -308,6 +320,8 @@ class SCGPTModule(BaseModuleClass):
             out["cls_logits"] = self.cls_decoder(cell_emb)
         if hasattr(self, "grad_reverse_discriminator"):
             out["dab_logits"] = self.grad_reverse_discriminator(cell_emb)
+        if hasattr(self, "count_decoder"):
+            out["count_params"] = self.count_decoder(cell_emb, batch_index)
         return out
 
     def loss(
@@ -328,7 +342,7 @@ class SCGPTModule(BaseModuleClass):
         Returns
         -------
         :class:`~scvi.module.base.LossOutput` whose ``extra_metrics`` hold each weighted term
-        (``gep``, ``gep_zero``, ``gepc``, ``gepc_zero``, ``ecs``, ``dar``, ``cls``) and
+        (``gep``, ``gep_zero``, ``gepc``, ``gepc_zero``, ``count``, ``ecs``, ``dar``, ``cls``) and
         ``cls_accuracy`` when classifying.
         """
         if objectives is None:
@@ -354,6 +368,7 @@ class SCGPTModule(BaseModuleClass):
             if obj.explicit_zero_prob:
                 self._require(gen, "mvc_zero_probs", "explicit_zero_prob")
                 terms["gepc_zero"] = masked_bernoulli_nll(gen["mvc_zero_probs"], target, masked)
+        self._count_term(obj, tensors, gen, terms)
         if obj.ecs:
             cell_emb = inference_outputs["cell_emb"]
             terms["ecs"] = obj.ecs_weight * elastic_cell_similarity(cell_emb, obj.ecs_threshold)
@@ -401,12 +416,27 @@ class SCGPTModule(BaseModuleClass):
             )
             out = self.generative(**self._get_generative_input(tensors, second))
             terms["gep_cell_prompt"] = obj.gep_weight * masked_mse(out["expr"], target, keep)
+        # the cell embedding of the known tokens decodes the whole profile
+        self._count_term(obj, tensors, gen, terms)
         total = torch.stack(list(terms.values())).sum()
         return LossOutput(
             loss=total,
             n_obs_minibatch=target.shape[0],
             extra_metrics={k: v.detach() for k, v in terms.items()},
         )
+
+    def _count_term(self, obj, tensors, generative_outputs, terms: dict) -> None:
+        """Add the count objective's term to ``terms`` when it is switched on."""
+        if not obj.count:
+            return
+        self._require(generative_outputs, "count_params", "count_decoder")
+        if TOKEN_KEYS.COUNTS not in tensors:
+            raise ValueError(
+                "The count objective needs each cell's counts in the minibatch "
+                f"({TOKEN_KEYS.COUNTS!r}); train it through SCGPT.train."
+            )
+        nll = count_nll(generative_outputs["count_params"], tensors[TOKEN_KEYS.COUNTS])
+        terms["count"] = obj.count_weight * nll
 
     @staticmethod
     def _require(outputs: dict, key: str, option: str) -> None:

@@ -35,7 +35,10 @@ HEAD_PREFIXES = (
     "mod_encoder.",
     "mvc_decoder.",
     "decoder.",
+    "count_decoder.",
 )
+#: Heads of ours that official scGPT does not have (left out of ``save_pretrained`` files).
+NON_OFFICIAL_PREFIXES = ("count_decoder.",)
 
 #: Tensors whose first dimension is the number of batches (rows copied over when a query
 #: model gains batches).

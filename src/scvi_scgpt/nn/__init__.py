@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from scvi_scgpt.nn._attention import PackedTokens, SelfAttention, flash_attn_available
+from scvi_scgpt.nn._count_decoder import CountDecoder
 from scvi_scgpt.nn._dsbn import DomainSpecificBatchNorm1d
 from scvi_scgpt.nn._encoders import (
     BatchLabelEncoder,
@@ -27,6 +28,7 @@ __all__ = [
     "CategoryValueEncoder",
     "ClsDecoder",
     "ContinuousValueEncoder",
+    "CountDecoder",
     "DomainSpecificBatchNorm1d",
     "ExprDecoder",
     "GeneEncoder",

@@ -44,7 +44,8 @@ METRICS = (
 def welch_t(group: np.ndarray, control: np.ndarray) -> np.ndarray:
     """Welch t statistic per gene of ``group`` cells against ``control`` cells.
 
-    Genes without variance in both groups get 0 (as scanpy sets undefined scores).
+    As scanpy's t-test: a gene without variance in both groups gets 0 when its means are
+    equal (undefined) and ``+-inf`` when they differ (the most separated genes rank first).
 
     Parameters
     ----------
@@ -61,7 +62,7 @@ def welch_t(group: np.ndarray, control: np.ndarray) -> np.ndarray:
     se = np.sqrt(group.var(0, ddof=1) / len(group) + control.var(0, ddof=1) / len(control))
     with np.errstate(divide="ignore", invalid="ignore"):
         score = diff / se
-    return np.where(np.isfinite(score), score, 0.0)
+    return np.where(np.isnan(score), 0.0, score)
 
 
 def rank_de_genes(

@@ -9,7 +9,8 @@
   response scores about 0;
 - ``wmse``: the DE-weighted mean squared error of "Diversity by design" (2025): each gene's
   squared error weighted by its absolute Welch t statistic, condition against control,
-  the weights summing to 1;
+  the weights summing to 1 (an infinite ``|t|``, constant groups with different means,
+  weighs as the largest finite one);
 - ``interaction_pearson`` / ``interaction_sign``: on doubles whose two singles were observed,
   the correlation and the sign agreement of the predicted and the observed interaction
   ``AB - (A + B - ctrl)`` (observed single means in both), over the genes whose observed
@@ -38,9 +39,37 @@ def top_expressed(control_mean: np.ndarray, n_top: int) -> np.ndarray:
     return np.argsort(-np.asarray(control_mean, dtype=float), kind="stable")[: int(n_top)]
 
 
+def abs_t_weights(t_stat: np.ndarray) -> np.ndarray:
+    """``|t|`` per gene (rows: conditions) with infinite and undefined values resolved.
+
+    An infinite ``|t|`` (no variance in either group, different means) marks the most
+    separated genes: it gets the largest finite ``|t|`` of its row, or 1 when no finite
+    ``|t|`` is above 0 (each such gene then counts alike). Undefined ``t`` (``NaN``: no change
+    and no variance) gets 0.
+
+    Parameters
+    ----------
+    t_stat
+        ``(n_genes,)`` or ``(n_conditions, n_genes)`` Welch t statistics.
+
+    Returns
+    -------
+    Finite, non-negative weights of the same shape (not normalised).
+    """
+    t = np.abs(np.asarray(t_stat, dtype=float))
+    rows = np.atleast_2d(t)
+    finite = np.where(np.isfinite(rows), rows, 0.0)
+    top = finite.max(1, keepdims=True, initial=0.0)
+    resolved = np.where(np.isinf(rows), np.where(top > 0, top, 1.0), finite)
+    return resolved.reshape(t.shape)
+
+
 def de_weights(t_stat: np.ndarray) -> np.ndarray:
-    """WMSE weights: ``|t|`` normalised to sum 1 (uniform when every ``t`` is 0)."""
-    w = np.abs(np.asarray(t_stat, dtype=float))
+    """WMSE weights: ``|t|`` normalised to sum 1 (uniform when every ``t`` is 0).
+
+    An infinite ``|t|`` weighs as the largest finite one (:func:`abs_t_weights`).
+    """
+    w = abs_t_weights(t_stat)
     total = w.sum()
     return w / total if total > 0 else np.full(len(w), 1.0 / max(len(w), 1))
 

@@ -3,14 +3,18 @@
 ``Trainer.predict`` runs :class:`BlockPredictionPlan` over the blocks of an
 :class:`~scvi_scgpt.dataloaders.AtlasDataModule`; each rank's :class:`AtlasWriter` writes its
 results straight into the shared :class:`~scvi_scgpt.data.AtlasStore` (no gather, nothing
-kept in memory), and rank 0 checks at the end that every cell was written once.
+kept in memory), and rank 0 verifies every block at the end and completes the store.
+Progress comes from counters (each rank's count of its own cells), never from listing the
+store's marker folder.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -34,8 +38,9 @@ class BlockPredictionPlan(LightningModule):
     module
         The torch module (moved to each rank's device by Lightning).
     run_block
-        ``(list of RowBlock) -> {"obsm": {name: array}, "obs": {name: array}}`` with one
-        row per cell of the block, in row order.
+        ``(list of RowBlock) -> {"obsm": {name: array}, "obs": {name: array}, "empty":
+        positions}`` with one row per cell of the block, in row order; ``empty`` (optional)
+        lists the cells left without a result (NaN rows).
     """
 
     def __init__(
@@ -60,27 +65,30 @@ class BlockPredictionPlan(LightningModule):
 class AtlasWriter(BasePredictionWriter):
     """Writes each block's results into the store as soon as the block is done.
 
-    At the end of the run all ranks meet; rank 0 then checks that every block is recorded
-    and every row of ``check_key`` is written, and records the run as complete.
+    At the end of the run all ranks meet; rank 0 then verifies every block
+    (:meth:`~scvi_scgpt.data.AtlasStore.verify`: marked, finite rows, empty cells NaN). Blocks
+    that fail lose their marker and the run raises, so that the next run writes them again;
+    otherwise the store is completed, with the empty cells' ids in ``uns``.
 
     Parameters
     ----------
     store
         The output store.
-    n_blocks, n_obs, block_size
-        Size of the whole run (all ranks, all attempts).
+    blocks
+        Every block of the run (all ranks, all attempts).
+    n_obs
+        Cells of the run.
     check_key
-        ``obsm`` array whose rows are counted at the end.
+        ``obsm`` array verified at the end.
     """
 
     def __init__(
-        self, store: AtlasStore, *, n_blocks: int, n_obs: int, block_size: int, check_key: str
+        self, store: AtlasStore, *, blocks: Sequence[BlockSpec], n_obs: int, check_key: str
     ) -> None:
         super().__init__(write_interval="batch")
         self.store = store
-        self.n_blocks = n_blocks
+        self.blocks = list(blocks)
         self.n_obs = n_obs
-        self.block_size = block_size
         self.check_key = check_key
         self.started = 0.0
 
@@ -91,7 +99,7 @@ class AtlasWriter(BasePredictionWriter):
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
     ) -> None:
-        """Write one block and mark it done."""
+        """Write one block (verified before it is marked done)."""
         if prediction is None:
             return
         spec = prediction["spec"]
@@ -103,83 +111,148 @@ class AtlasWriter(BasePredictionWriter):
             obsm=prediction.get("obsm", {}),
             obs=prediction.get("obs", {}),
             writer=f"rank {trainer.global_rank}",
+            empty=prediction.get("empty", ()),
         )
 
     def on_predict_end(self, trainer, pl_module) -> None:
-        """All ranks finished: rank 0 checks every cell is there exactly once."""
+        """All ranks finished: rank 0 verifies every block, then completes the store."""
         trainer.strategy.barrier("scvi_scgpt_atlas_end")
         if trainer.global_rank != 0:
             return
-        done = self.store.done_blocks()
-        missing = sorted(set(range(self.n_blocks)) - done)
-        written = self.store.count_written(self.check_key, self.block_size)
-        if missing or written != self.n_obs:
+        check = self.store.verify(self.blocks, self.check_key)
+        if check.bad:
+            self.store.drop_markers(check.bad)
+            cells = sum(self.blocks[i].n_cells for i in check.bad)
             raise RuntimeError(
-                f"The atlas output {str(self.store.path)!r} is incomplete: {len(missing)} "
-                f"blocks missing (e.g. {missing[:5]}), {written:,} of {self.n_obs:,} cells "
-                "written. Run the same call again (resume=True) to finish it."
+                f"The atlas output {str(self.store.path)!r} is incomplete: {len(check.bad)} "
+                f"block(s) {check.bad[:10]} ({cells:,} cells) are missing or hold rows that "
+                "are not finite (empty cells aside). Their markers were removed: run the "
+                "same call again (resume=True) to write them."
             )
         seconds = time.perf_counter() - self.started
         self.store.finish(
-            {"complete": True, "n_cells": int(written), "world_size": int(trainer.world_size)}
+            {
+                "n_cells": int(self.n_obs),
+                "world_size": int(trainer.world_size),
+                "n_empty_cells": len(check.empty_cells),
+                "empty_cells": np.asarray(check.empty_cells, dtype=object),
+                "complete": True,
+            }
         )
         logger.info(
-            "Atlas output complete: %s cells, each written once (%d blocks, %.1f s, %d "
-            "processes).",
-            f"{written:,}",
-            self.n_blocks,
+            "Atlas output complete: %s cells, each written once and verified (%d blocks, "
+            "%d empty cells, %.1f s, %d processes).",
+            f"{self.n_obs:,}",
+            len(self.blocks),
+            len(check.empty_cells),
             seconds,
             trainer.world_size,
         )
 
 
 class AtlasProgress(Callback):
-    """Progress bar on rank 0 with cells/s and ETA over all ranks.
+    """Progress bar on rank 0 with cells/s and ETA over all ranks, from counters.
 
-    Every rank records finished blocks in the store; rank 0 counts them after each of its
-    own blocks, so the bar shows the cells done by all processes (on any node sharing the
-    store).
+    Each rank counts the cells of its own blocks. With several ranks each publishes its
+    count (a tiny file per rank in the store, rewritten at most every ``refresh_s``) and
+    rank 0 reads the ``world_size`` counts at most every ``refresh_s``: no listing of the
+    marker folder, and a cost that does not grow with the number of blocks.
 
     Parameters
     ----------
     store
         The output store.
-    block_cells
-        Cells of each block, by block number.
+    total_cells
+        Cells of the whole run.
     enabled
         Show the bar.
+    refresh_s
+        Seconds between two publications / readings of the counters.
     """
 
-    def __init__(self, store: AtlasStore, block_cells: np.ndarray, *, enabled: bool) -> None:
-        self.store = store
-        self.block_cells = np.asarray(block_cells, dtype=np.int64)
-        self.enabled = enabled
-        self.bar = None
+    #: Hidden folder of the per-rank counters inside the store.
+    COUNTERS_DIR = ".scvi_scgpt_progress"
 
-    def _done_cells(self) -> int:
-        done = np.fromiter(self.store.done_blocks(), dtype=np.int64)
-        return int(self.block_cells[done].sum()) if len(done) else 0
+    def __init__(
+        self, store: AtlasStore, total_cells: int, *, enabled: bool, refresh_s: float = 2.0
+    ) -> None:
+        self.store = store
+        self.total_cells = int(total_cells)
+        self.enabled = enabled
+        self.refresh_s = refresh_s
+        self.bar = None
+        self.own = 0
+        self.before = 0
+        self.others = 0
+        self.run_id = ""
+        self.last = 0.0
+
+    def _counter(self, rank: int):
+        return self.store.path / self.COUNTERS_DIR / f"rank{rank}"
+
+    def _publish(self, trainer) -> None:
+        file = self._counter(trainer.global_rank)
+        file.parent.mkdir(exist_ok=True)
+        tmp = file.with_name(f"{file.name}.tmp{os.getpid()}")
+        tmp.write_text(f"{self.run_id} {self.own}", encoding="utf-8")
+        os.replace(tmp, file)
+
+    def _read_others(self, trainer) -> int:
+        total = 0
+        for rank in range(1, trainer.world_size):
+            try:
+                run, count = self._counter(rank).read_text(encoding="utf-8").split()
+            except (OSError, ValueError):
+                continue
+            total += int(count) if run == self.run_id else 0
+        return total
 
     def on_predict_start(self, trainer, pl_module) -> None:
-        """Open the bar (rank 0)."""
-        if self.enabled and trainer.global_rank == 0:
-            already = self._done_cells()
+        """Agree on a run id (counters of earlier runs are ignored); open the bar (rank 0)."""
+        if not self.enabled:
+            return
+        self.own, self.others, self.last = 0, 0, time.monotonic()
+        self.run_id = uuid.uuid4().hex
+        if trainer.world_size > 1:
+            self.run_id = trainer.strategy.broadcast(self.run_id, src=0)
+        datamodule = getattr(trainer, "datamodule", None)
+        self.before = int(getattr(datamodule, "cells_done_before", 0))
+        if trainer.global_rank == 0:
             self.bar = tqdm(
-                total=int(self.block_cells.sum()),
-                initial=already,
+                total=self.total_cells,
+                initial=self.before,
                 desc="Embedding atlas",
                 unit="cell",
                 dynamic_ncols=True,
             )
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args) -> None:
-        """Move the bar to the cells done by all ranks."""
+        """Count this rank's cells; publish / read the counters at most every refresh_s."""
+        if not self.enabled or batch is None:
+            return
+        self.own += int(batch[0].n_cells)
+        now = time.monotonic()
+        refresh = trainer.world_size > 1 and now - self.last >= self.refresh_s
+        if refresh:
+            self.last = now
+            if trainer.global_rank == 0:
+                self.others = self._read_others(trainer)
+            else:
+                self._publish(trainer)
         if self.bar is not None:
-            self.bar.update(self._done_cells() - self.bar.n)
+            self.bar.update(self.before + self.own + self.others - self.bar.n)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        """Close the bar where it stands."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
     def on_predict_end(self, trainer, pl_module) -> None:
-        """Close the bar."""
+        """Publish the final count; close the bar (the run is complete: all cells done)."""
+        if self.enabled and trainer.world_size > 1 and trainer.global_rank != 0:
+            self._publish(trainer)
         if self.bar is not None:
-            self.bar.update(self._done_cells() - self.bar.n)
+            self.bar.update(self.total_cells - self.bar.n)
             self.bar.close()
             self.bar = None

@@ -58,6 +58,9 @@ class TaskPreset:
     from_scratch
         Changes to those hyper-parameters in the ``"from_scratch"`` regime (keys from
         :data:`HYPERPARAMETERS`); empty when the official values also fit a new model.
+    from_scratch_objectives, from_scratch_tokenizer
+        Changes to :attr:`objectives` (fields of ``ObjectiveConfig``) and to
+        :attr:`tokenizer` in the ``"from_scratch"`` regime.
     from_scratch_steps
         In the ``"from_scratch"`` regime, when ``max_epochs`` is not given: train for enough
         epochs to make about this many optimizer steps over the training cells (at least
@@ -81,6 +84,8 @@ class TaskPreset:
     lr_schedule: str = "step"
     warmup_steps: int = 0
     from_scratch: dict = field(default_factory=dict)
+    from_scratch_objectives: dict = field(default_factory=dict)
+    from_scratch_tokenizer: dict = field(default_factory=dict)
     from_scratch_steps: int | None = None
     best_epoch_monitor: str = "validation_loss"
     best_epoch_mode: str = "min"
@@ -107,7 +112,12 @@ class TaskPreset:
         if regime == "fine_tune":
             return self
         if regime == "from_scratch":
-            return replace(self, **self.from_scratch)
+            return replace(
+                self,
+                **self.from_scratch,
+                objectives=replace(self.objectives, **self.from_scratch_objectives),
+                tokenizer={**self.tokenizer, **self.from_scratch_tokenizer},
+            )
         raise ValueError(f"regime must be 'fine_tune' or 'from_scratch', got {regime!r}.")
 
     def epochs_for(self, regime: str, n_train_cells: int | None, batch_size: int) -> int:
