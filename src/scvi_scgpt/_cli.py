@@ -19,8 +19,7 @@ import anndata
 import numpy as np
 import pandas as pd
 
-from scvi_scgpt.data import CellSource, open_source
-from scvi_scgpt.data._atlas_lock import AtlasOutputLocked
+from scvi_scgpt.data import AtlasOutputLocked, CellSource, open_source
 
 #: Exit status of a job refused because another job writes its output.
 EXIT_LOCKED = 3

@@ -71,8 +71,10 @@ def _kill_after(monkeypatch, n: int) -> list[int]:
 
     calls, quiet = [0], [0]
 
-    def tick(path):
-        if quiet[0] or SCRATCH in str(path):
+    def tick(*paths):
+        # a change is visible unless it stays inside the scratch folder: a rename out of it
+        # (into uns, or the completion file into the store) is a kill point too
+        if quiet[0] or all(SCRATCH in str(p) for p in paths):
             return
         calls[0] += 1
         if calls[0] > n:
@@ -82,8 +84,8 @@ def _kill_after(monkeypatch, n: int) -> list[int]:
                          (os, "rmdir"), (shutil, "rmtree")]:  # fmt: skip
         real = getattr(module, name)
 
-        def wrapped(path, *args, _real=real, **kwargs):
-            tick(path)
+        def wrapped(path, *args, _real=real, _name=name, **kwargs):
+            tick(path, *(args[:1] if _name in ("replace", "rename") else ()))
             quiet[0] += 1  # what rmtree does inside is part of its one change
             try:
                 return _real(path, *args, **kwargs)
@@ -133,6 +135,110 @@ def test_no_kill_while_finishing_loses_the_record(tmp_path, monkeypatch):
         if finished:
             break
     assert finished and calls[0] >= 1
+
+
+#: Two records of a finished store, whose ``empty_cells`` lists differ in length (another
+#: layout: that entry cannot be replaced chunk by chunk).
+OLD = {"n_cells": N, "world_size": 1, "empty_cells": np.array(["c1"], dtype=object)}
+NEW = {"n_cells": N, "world_size": 2, "empty_cells": np.array(["c1", "c7"], dtype=object)}
+
+
+def _which(record) -> str | None:
+    """``"old"`` / ``"new"``: the record is wholly one of them; ``None``: a mix of both."""
+    for name, full in (("old", OLD), ("new", NEW)):
+        if all(k in record for k in full) and record["world_size"] == full["world_size"]:
+            if list(record["empty_cells"]) == list(full["empty_cells"]):
+                return name
+    return None
+
+
+def test_no_kill_while_finishing_over_a_record_of_another_layout(tmp_path, monkeypatch):
+    base = _store(tmp_path / "base.zarr")
+    for index in range(3):
+        _write(base, index)
+    base.finish({**OLD, "complete": True})
+    for n in range(200):
+        path = tmp_path / f"copy{n}.zarr"
+        shutil.copytree(base.path, path)
+        store = AtlasStore(path)
+        with monkeypatch.context() as patch:
+            calls = _kill_after(patch, n)
+            try:
+                store.finish({**NEW, "complete": True})
+                finished = True
+            except Killed:
+                finished = False
+        record = ad.read_zarr(path).uns["scvi_scgpt_atlas"]
+        assert record["model"] == "m"
+        # complete (to anndata, or by its file) only with a whole record, never a mix
+        if record["complete"] or store.is_complete():
+            assert _which(record) is not None, (n, dict(record))
+        if finished:
+            assert store.is_complete() and _which(record) == "new"
+        store.finish({**NEW, "complete": True})  # the rerun finishes it
+        record = ad.read_zarr(path).uns["scvi_scgpt_atlas"]
+        assert store.is_complete() and record["complete"] and _which(record) == "new"
+        shutil.rmtree(path)
+        if finished:
+            break
+    assert finished and calls[0] >= 4
+
+
+def test_the_completion_file_is_prepared_in_the_scratch_folder(tmp_path, monkeypatch):
+    store = _store(tmp_path / "s.zarr")
+    for index in range(3):
+        _write(store, index)
+    moves = []
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        moves.append((str(src), str(dst)))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    store.finish({"complete": True, "n_cells": N})
+    (src, _dst), *_ = [m for m in moves if m[1].endswith(".scvi_scgpt_complete")]
+    assert os.path.basename(os.path.dirname(src)) == SCRATCH
+    assert not [n for n in os.listdir(store.path) if ".tmp" in n]
+
+
+def test_a_block_that_does_not_read_back_raises_os_error(tmp_path, monkeypatch):
+    import scvi_scgpt.data._atlas_store as atlas_store
+
+    store = _store(tmp_path / "s.zarr")
+    monkeypatch.setattr(atlas_store.np, "array_equal", lambda *a, **k: False)
+    with pytest.raises(OSError, match="did not read back"):
+        _write(store, 0)
+    monkeypatch.undo()
+    assert store.done_blocks() == set()
+    assert "OSError" in AtlasStore.write_block.__doc__
+
+
+def test_cells_listed_as_nonfinite_get_nan_rows_and_are_gathered(tmp_path):
+    store = _store(tmp_path / "s.zarr")
+    values = np.ones((BLOCK, D), np.float32)
+    values[1] = np.inf
+    values[2] = np.nan
+    store.write_block(
+        0,
+        0,
+        BLOCK,
+        cell_ids=np.array([f"c{i}" for i in range(BLOCK)], dtype=object),
+        obsm={"X_emb": values},
+        obs={"label": np.array(["x"] * BLOCK, dtype=object)},
+        empty=[2],
+        nonfinite=[1],
+    )
+    assert store.block_record(0)["nonfinite"] == [1]
+    _write(store, 1)
+    _write(store, 2)
+    from scvi_scgpt.data import BlockSpec
+
+    blocks = [BlockSpec(i, i * BLOCK, min((i + 1) * BLOCK, N), ()) for i in range(3)]
+    check = store.verify(blocks, "X_emb")
+    assert check.bad == [] and check.empty_cells == ["c2"] and check.nonfinite_cells == ["c1"]
+    emb = ad.read_zarr(store.path).obsm["X_emb"]
+    assert np.isnan(emb[[1, 2]]).all() and np.isfinite(np.delete(emb, [1, 2], 0)).all()
 
 
 def test_obs_values_a_column_cannot_hold_are_refused(tmp_path):

@@ -159,3 +159,38 @@ def test_config_validation():
         TokenizerConfig(max_seq_len=1)
     with pytest.raises(ValueError):
         TokenizerConfig(n_bins=2)
+
+
+def test_empty_cells_follow_the_tokenizer_rule_for_every_matrix_layout():
+    from scvi_scgpt.data import ModalityLayout, RowBlock
+    from scvi_scgpt.model._atlas_blocks import find_empty_cells
+
+    # genes 0-2 in the vocabulary, gene 3 not; modalities: genes 0-1 RNA (1), 2-3 ADT (2)
+    ids = np.array([5, 6, 7, -1])
+    x = sp.csr_matrix(
+        np.array(
+            [
+                [0, 0, 0, 0],  # nothing
+                [0, 0, 0, 4],  # only a gene outside the vocabulary
+                [3, 0, 0, 0],  # one vocabulary gene
+                [0, 0, 2, 1],  # one vocabulary gene (ADT)
+                [1, 2, 0, 0],
+            ],
+            dtype=np.float32,
+        )
+    )
+    x[4, 2] = 0.0  # an explicit zero is not expressed
+    layout = ModalityLayout(
+        column_modality=np.array([1, 1, 2, 2]),
+        measured=np.array([[1, 1, 1]] * 3 + [[1, 1, 0], [1, 1, 1]], dtype=bool),
+        cls_id=0,
+        pad_id=3,
+    )
+    config = TokenizerConfig(max_seq_len=10, allow_empty_cells=True)
+    for modalities, expected in ((None, [1, 1, 0, 0, 0]), (layout, [1, 1, 0, 1, 0])):
+        tokens = tokenize_cells(x, ids, config, cls_id=CLS, modalities=modalities)
+        only_cls = (np.diff(tokens.indptr) == 1).tolist()
+        assert only_cls == [bool(e) for e in expected]
+        for matrix in (x, x.tocsc(), x.toarray()):
+            seg = RowBlock(0, np.arange(5), matrix, np.array(list("abcde")), {}, modalities)
+            assert find_empty_cells(seg, ids).tolist() == [bool(e) for e in expected]

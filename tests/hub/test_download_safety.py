@@ -109,6 +109,29 @@ def test_a_cached_file_of_another_size_is_fetched_again(server, official_dir, is
     assert server.requests["tiny/vocab.json"] == 2
 
 
+@pytest.mark.parametrize("why", ["offline", "no_url"])
+def test_a_cached_file_of_another_size_is_kept_when_it_cannot_be_fetched_again(
+    why, server, official_dir, isolated_cache, monkeypatch
+):
+    registry = _serve_model(server, official_dir, hashes=False)
+    spec = registry["models"]["tiny"]["files"]["best_model.pt"]
+    size = len(server.files["tiny/best_model.pt"])
+    spec["size"] = size + 5  # the registry's size is wrong, or the file placed by hand is
+    if why == "offline":
+        monkeypatch.setenv("SCVI_SCGPT_OFFLINE", "1")
+    else:
+        spec["url"] = None
+    (isolated_cache / "tiny").mkdir(parents=True)
+    for key, body in server.files.items():  # every file placed by hand
+        (isolated_cache / key).write_bytes(body)
+    placed = isolated_cache / "tiny" / "best_model.pt"
+    with pytest.raises(ValueError, match=f"{size} bytes.*registry says {size + 5}") as err:
+        fetch_pretrained("tiny", registry=registry, progress_bar=False)
+    assert str(placed) in str(err.value)
+    assert placed.read_bytes() == server.files["tiny/best_model.pt"]  # kept as it was
+    assert "tiny/best_model.pt" not in server.requests
+
+
 def test_registry_sizes_must_be_byte_counts():
     for size in (-1, "12", 1.5, True):
         spec = {"files": {"a": {"url": None, "sha256": None, "size": size}}}

@@ -79,24 +79,87 @@ def test_resume_finishes_a_store_whose_blocks_are_all_written(
 
 
 def test_a_block_with_nan_gets_no_marker_and_is_rerun(model, source, tmp_path, monkeypatch):
+    import scvi_scgpt.model._atlas as atlas
+
     whole = model.embed_atlas(source, tmp_path / "whole.zarr", **RUN)
     out = tmp_path / "o.zarr"
-    segment = SCGPT._atlas_segment
+    result = atlas.block_result
 
-    def nan_in_block_2(self, seg, *args, **kwargs):
-        emb, probs = segment(self, seg, *args, **kwargs)
-        if seg.rows[0] == 32:
-            emb[3] = np.nan
-        return emb, probs
+    def corrupt_block_2(segments, outputs, **kwargs):
+        # rows damaged after the runner checked them (not a cell the model cannot embed)
+        block = result(segments, outputs, **kwargs)
+        if segments[0].rows[0] == 32:
+            block["obsm"]["X_scGPT"][3] = np.nan
+        return block
 
     with monkeypatch.context() as patch:
-        patch.setattr(SCGPT, "_atlas_segment", nan_in_block_2)
-        with pytest.raises(ValueError, match="block 2.*not finite"):
+        patch.setattr(atlas, "block_result", corrupt_block_2)
+        with pytest.raises(ValueError, match="block 2.*not finite.*nonfinite="):
             model.embed_atlas(source, out, **RUN)
     assert 2 not in AtlasStore(out).done_blocks()
     model.embed_atlas(source, out, **RUN)  # the rerun repairs block 2
     assert AtlasStore(out).is_complete()
     _same(whole, out)
+
+
+def _nan_for_cell(monkeypatch, row: int, precisions: tuple[str, ...], calls: list):
+    """The model's step gives cell ``row`` a NaN embedding when run in ``precisions``."""
+    segment = SCGPT._atlas_segment
+
+    def patched(self, seg, column_ids, batch_codes, batch_size, precision, *args, **kwargs):
+        emb, probs = segment(
+            self, seg, column_ids, batch_codes, batch_size, precision, *args, **kwargs
+        )
+        skip = kwargs.get("skip")
+        ran = np.ones(len(seg.rows), bool) if skip is None else ~skip
+        calls.append((precision, seg.rows[ran].tolist()))
+        hit = (seg.rows == row) & ran
+        if precision in precisions and hit.any():
+            emb[hit] = np.nan
+            if probs is not None:
+                probs[hit] = np.nan
+        return emb, probs
+
+    monkeypatch.setattr(SCGPT, "_atlas_segment", patched)
+
+
+def test_a_cell_nan_in_bf16_is_recomputed_in_float32(model, source, tmp_path, monkeypatch):
+    whole = ad.read_zarr(model.embed_atlas(source, tmp_path / "whole.zarr", **RUN))
+    calls = []
+    _nan_for_cell(monkeypatch, 37, ("bf16",), calls)
+    out = model.embed_atlas(source, tmp_path / "o.zarr", precision="bf16", **RUN)
+    result = ad.read_zarr(out)
+    record = result.uns["scvi_scgpt_atlas"]
+    assert record["complete"] and record["n_nonfinite_cells"] == 0
+    assert len(record["nonfinite_cells"]) == 0
+    assert ("32", [37]) in calls  # only that cell was run again, in float32
+    emb = result.obsm["X_scGPT"]
+    assert np.isfinite(emb).all()
+    np.testing.assert_allclose(emb[37], whole.obsm["X_scGPT"][37], atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16"])
+def test_a_cell_never_finite_gets_a_nan_row_listed_in_uns(
+    model, source, tmp_path, monkeypatch, precision
+):
+    whole = ad.read_zarr(model.embed_atlas(source, tmp_path / "whole.zarr", **RUN))
+    calls = []
+    _nan_for_cell(monkeypatch, 37, ("32", "bf16"), calls)
+    out = tmp_path / "o.zarr"
+    model.embed_atlas(source, out, precision=precision, **RUN)
+    result = ad.read_zarr(out)
+    record = result.uns["scvi_scgpt_atlas"]
+    assert record["complete"] and record["n_cells"] == 90
+    assert list(record["nonfinite_cells"]) == ["cell37"] and record["n_nonfinite_cells"] == 1
+    assert list(record["empty_cells"]) == []
+    assert (("32", [37]) in calls) == (precision == "bf16")  # retried in float32 once
+    emb = result.obsm["X_scGPT"]
+    assert np.isnan(emb[37]).all()
+    if precision == "32":
+        others = np.delete(np.arange(90), 37)
+        np.testing.assert_array_equal(emb[others], whole.obsm["X_scGPT"][others])
+    # a resume of the complete store has nothing to do; the cell stays listed
+    assert model.embed_atlas(source, out, precision=precision, **RUN) == str(out)
 
 
 def test_data_lost_after_its_marker_is_repaired_by_a_rerun(model, source, tmp_path):

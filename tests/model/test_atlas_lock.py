@@ -143,3 +143,21 @@ def test_the_lock_is_released_on_error(cells, tmp_path):
     assert not os.path.exists(_lock_file(out))
     model.embed_atlas(tmp_path / "cells.h5ad", out, **RUN)
     assert ad.read_zarr(out).uns["scvi_scgpt_atlas"]["complete"]
+
+
+def test_an_output_spelled_with_a_trailing_slash_has_the_same_lock(cells, tmp_path):
+    from scvi_scgpt.data import AtlasStore
+    from scvi_scgpt.data._atlas_lock import OutputLock
+
+    model = _model(cells)
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    out = tmp_path / "o.zarr"
+    # a fresh run on "o.zarr/" works and leaves no lock (neither o.zarr/.lock nor o.zarr.lock)
+    assert model.embed_atlas(tmp_path / "cells.h5ad", f"{out}/", **RUN) == f"{out}/"
+    assert AtlasStore(out).is_complete()
+    assert not os.path.exists(_lock_file(out)) and not (out / ".lock").exists()
+    # a job holding "o.zarr/" refuses a job on "o.zarr", and the other way round
+    for held, other in ((f"{out}/", out), (out, f"{out}/")):
+        with OutputLock(held):
+            with pytest.raises(RuntimeError, match=f"being written by pid {os.getpid()}"):
+                model.embed_atlas(tmp_path / "cells.h5ad", other, **RUN)

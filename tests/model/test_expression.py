@@ -154,5 +154,5 @@ def test_count_objective_with_generative_pretraining():
         enable_progress_bar=False,
         enable_checkpointing=False,
     )
-    assert np.isfinite(model.history_["count_train"].iloc[:, 0].to_numpy()).all()
+    assert np.isfinite(model.history_["count_train"].iloc[:, 0].to_numpy(dtype=float)).all()
     assert model.get_normalized_expression(adata, return_numpy=True).shape == (80, 30)

@@ -205,3 +205,38 @@ def test_infinite_welch_t_gets_the_largest_finite_weight():
     changed = flat + np.array([5.0, 0.0, 0.0, -1.0])
     counts, mean, var = group_moments(np.vstack([flat, changed]), np.repeat([0, 1], 3), 2)
     np.testing.assert_allclose(de_weight_matrix(counts, mean, var, 0)[1], [1.0, 0.0, 0.0, 1.0])
+
+
+def test_after_training_with_external_indexing_candidates_are_its_training_genes(screen):
+    adata = ad.AnnData(screen.X.copy(), obs=screen.obs[["condition"]].copy(), var=screen.var)
+    labels = _labels(adata)
+    held = {"TF00+ctrl", "TF00+TF01", "TF00+TF02", "TF05+ctrl", "TF02+TF05", "TF03+TF05"}
+    role = np.where(np.isin(labels, sorted(held)), "test", "train").astype(object)
+    role[labels == "TF01+TF03"] = "val"
+    indexing = [np.flatnonzero(role == p) for p in ("train", "val", "test")]
+    SCGPT.setup_anndata(adata, perturbation_key="condition")  # no split column at all
+    torch.manual_seed(0)
+    model = SCGPT(adata, **TINY)
+    model.train("perturbation", datasplitter_kwargs={"external_indexing": indexing}, **TRAIN)
+    observed = adata.X[labels == "TF00+ctrl"].toarray().mean(0)
+    ranking = model.reverse_perturbation(observed, top_k=None)
+    genes = sorted({g for c in set(labels[role == "train"]) for g in c.split("+")} - {"ctrl"})
+    assert "TF00" not in genes and "TF05" not in genes
+    expected = [f"{g}+ctrl" for g in genes]
+    expected += [f"{a}+{b}" for i, a in enumerate(genes) for b in genes[i + 1 :]]
+    assert sorted(ranking.index) == sorted(expected)
+    # the training split is what the model keeps, whatever obs says later
+    adata.obs["split"] = "train"
+    assert sorted(model.reverse_perturbation(observed, top_k=None).index) == sorted(expected)
+
+
+def test_the_split_source_is_logged_once_per_training(screen, caplog):
+    adata = screen.copy()
+    adata.obs["split"] = adata.obs.pop("heldout")  # read without split_key (compatibility)
+    SCGPT.setup_anndata(adata, perturbation_key="condition")
+    torch.manual_seed(0)
+    model = SCGPT(adata, **TINY)
+    with caplog.at_level("INFO", logger="scvi_scgpt.model._perturbation_setup"):
+        model.train("perturbation", combination="additive_residual", **TRAIN)
+    lines = [r for r in caplog.records if "No split_key registered" in r.getMessage()]
+    assert len(lines) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from scvi_scgpt.data._annbatch import AnnbatchSource, is_annbatch_collection
+from scvi_scgpt.data._atlas_lock import AtlasOutputLocked
 from scvi_scgpt.data._atlas_store import AtlasStore
 from scvi_scgpt.data._binning import bin_expression, quantile_edges
 from scvi_scgpt.data._files import close_store, open_anndata_file, read_gene_names
@@ -37,6 +38,7 @@ __all__ = [
     "AnnbatchSource",
     "is_annbatch_collection",
     "AnnDataFileSource",
+    "AtlasOutputLocked",
     "AtlasStore",
     "BlockSpec",
     "CellSource",

@@ -8,18 +8,21 @@ rows ``[k * block_size, (k + 1) * block_size)`` is written by one process only, 
 never share a chunk.
 
 A block is verified before it is recorded: its arrays must have the block's shape and
-finite rows (except the rows of its *empty cells*, cells with no vocabulary gene, which are
-NaN), and must read back as written. Only then is its marker created atomically
-(``os.replace``) in the hidden folder :data:`BLOCKS_DIR` of the store; the marker's JSON
-names its writer (e.g. ``rank 1``) and the block's empty cells. A restarted run skips the
+finite rows, except the rows of the cells its writer lists as without a result, which are
+NaN: *empty cells* (no vocabulary gene) and *non-finite cells* (whose result is not finite
+however computed). The rows must read back as written. Only then is its marker created
+atomically (``os.replace``) in the hidden folder :data:`BLOCKS_DIR` of the store; the
+marker's JSON names its writer (e.g. ``rank 1``) and those cells. A restarted run skips the
 marked blocks. At the end :meth:`AtlasStore.verify` checks every block again and removes the
 markers of blocks whose data is missing or not finite, so that the next run writes them.
 
 Completion is the file :data:`COMPLETE_FILE`, created atomically after the record in
 ``uns[UNS_KEY]`` (``complete``, ``n_cells``, ``empty_cells``, ...) is written. That record is
-never rewritten as a whole: each key is written apart and moved in by a rename, or its one
-chunk file replaced (``os.replace``), so a process killed at any moment leaves ``uns``
-readable, with ``complete`` either false or true (see :meth:`AtlasStore.finish`).
+never rewritten as a whole: each key is written apart and moved in by a rename, or its chunk
+files replaced (``os.replace``), and ``complete`` is set false before any other key changes
+and true after all of them, so a process killed at any moment leaves ``uns`` readable, and
+complete (to anndata or by the file) only with a whole record (see
+:meth:`AtlasStore.finish`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from scvi_scgpt.data._obs_schema import NULLABLE, cast_column
+from scvi_scgpt.data._obs_schema import (
+    NULLABLE_PARTS,
+    array_attrs,
+    cast_column,
+    create_column,
+    stored_kind,
+)
 
 #: ``uns`` key of the run record.
 UNS_KEY = "scvi_scgpt_atlas"
@@ -46,16 +55,8 @@ _SETTINGS_FILE = ".scvi_scgpt_settings.json"
 #: Hidden folder where ``uns`` entries are prepared before they are moved in.
 _TMP_DIR = ".scvi_scgpt_tmp"
 
-#: The arrays of anndata's nullable-integer / nullable-boolean encoding.
-_NULLABLE_PARTS = ("values", "mask")
-
-
 #: Attributes of an anndata ``dict`` element (``obsm``, ``layers``, ...).
 _DICT_ATTRS = {"encoding-type": "dict", "encoding-version": "0.1.0"}
-
-
-def _array_attrs(kind: str) -> dict:
-    return {"encoding-type": kind, "encoding-version": "0.2.0"}
 
 
 class AtlasStore:
@@ -147,11 +148,11 @@ class AtlasStore:
                     "column-order": list(obs_columns),
                 }
             )
-            self._column(obs, "_index", n_obs, chunk, "str")
+            create_column(obs, "_index", n_obs, chunk, "str")
             for name, dtype in obs_columns.items():
-                self._column(obs, name, n_obs, chunk, dtype)
+                create_column(obs, name, n_obs, chunk, dtype)
             X = root.create_array("X", shape=(n_obs, 0), chunks=(chunk, 1), dtype="float32")
-            X.attrs.update(_array_attrs("array"))
+            X.attrs.update(array_attrs("array"))
             obsm = root.create_group("obsm")
             obsm.attrs.update(_DICT_ATTRS)
             for name, (trailing, dtype) in arrays.items():
@@ -162,7 +163,7 @@ class AtlasStore:
                     dtype=dtype,
                     fill_value=np.nan,
                 )
-                array.attrs.update(_array_attrs("array"))
+                array.attrs.update(array_attrs("array"))
             import pandas as pd
 
             anndata.io.write_elem(root, "var", pd.DataFrame(index=pd.Index([], dtype=str)))
@@ -179,43 +180,6 @@ class AtlasStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    @staticmethod
-    def _column(group, name: str, n_obs: int, chunk: int, kind: str) -> None:
-        if kind == "str":
-            array = group.create_array(name, shape=(n_obs,), chunks=(chunk,), dtype=str)
-            array.attrs.update(_array_attrs("string-array"))
-        elif kind in NULLABLE:  # values + mask (unwritten rows read as missing)
-            column = group.create_group(name)
-            column.attrs.update({"encoding-type": NULLABLE[kind], "encoding-version": "0.1.0"})
-            dtype = "bool" if kind == "boolean" else "int64"
-            for part, fill in (("values", 0), ("mask", True)):
-                array = column.create_array(
-                    part,
-                    shape=(n_obs,),
-                    chunks=(chunk,),
-                    dtype=dtype if part == "values" else "bool",
-                    fill_value=fill,
-                )
-                array.attrs.update(_array_attrs("array"))
-        else:
-            fill = np.nan if np.dtype(kind).kind == "f" else 0
-            array = group.create_array(
-                name, shape=(n_obs,), chunks=(chunk,), dtype=kind, fill_value=fill
-            )
-            array.attrs.update(_array_attrs("array"))
-
-    @staticmethod
-    def _kind(node) -> str:
-        """The kind of an output ``obs`` column (see :meth:`_column`)."""
-        encoding = node.attrs.get("encoding-type")
-        for kind, name in NULLABLE.items():
-            if encoding == name:
-                return kind
-        dtype = node.dtype
-        if dtype.kind in "OTUS" or str(dtype).startswith("StringDType"):
-            return "str"
-        return "bool" if dtype.kind == "b" else str(np.dtype(dtype))
-
     # ------------------------------------------------------------------ blocks
     def _marker(self, index: int) -> Path:
         return self.path / BLOCKS_DIR / f"{index:09d}"
@@ -228,13 +192,25 @@ class AtlasStore:
         return {int(name) for name in os.listdir(folder) if name.isdigit()}
 
     def block_record(self, index: int) -> dict:
-        """What the marker of block ``index`` records: ``writer`` and ``empty`` rows."""
+        """What the marker of a block records.
+
+        Parameters
+        ----------
+        index
+            The block (it must be marked).
+
+        Returns
+        -------
+        ``{"writer": str, "empty": [positions], "nonfinite": [positions]}`` (positions
+        within the block; markers of earlier versions hold the writer alone).
+        """
         text = self._marker(index).read_text(encoding="utf-8")
         try:
             record = json.loads(text)
         except ValueError:
             record = None
-        return record if isinstance(record, dict) else {"writer": text, "empty": []}
+        record = record if isinstance(record, dict) else {"writer": text}
+        return {"empty": [], "nonfinite": [], **record}
 
     def block_writers(self) -> dict[int, str]:
         """Who wrote each finished block (what ``write_block`` was given as ``writer``)."""
@@ -251,6 +227,7 @@ class AtlasStore:
         obs: Mapping[str, np.ndarray],
         writer: str = "",
         empty: Sequence[int] = (),
+        nonfinite: Sequence[int] = (),
     ) -> None:
         """Write global rows ``start:stop`` (block ``index``), verify them, mark the block.
 
@@ -263,15 +240,21 @@ class AtlasStore:
         writer
             Recorded in the marker (e.g. the rank).
         empty
-            Positions (within the block) of cells left without a result (empty cells): their
-            ``obsm`` rows are NaN, and the marker lists them.
+            Positions (within the block) of cells left without a result because they are
+            empty (no vocabulary gene): their ``obsm`` rows are NaN, and the marker lists
+            them.
+        nonfinite
+            Positions of cells left without a result because it is not finite (however
+            computed): NaN rows too, listed apart in the marker.
 
         Raises
         ------
         ValueError
-            An array of the wrong shape, a row that is not finite (other than ``empty``), or
-            an ``obs`` value its column cannot hold: nothing is marked, so a rerun writes the
-            block again.
+            An array of the wrong shape, a row that is not finite (other than ``empty`` and
+            ``nonfinite``), or an ``obs`` value its column cannot hold: nothing is marked.
+        OSError
+            The rows written did not read back as written (a failing file system): nothing
+            is marked, so a rerun writes the block again.
         """
         import zarr
 
@@ -280,8 +263,10 @@ class AtlasStore:
         if len(cell_ids) != n:
             raise ValueError(f"{where}: {len(cell_ids)} cell ids for {n} rows.")
         ids = np.asarray(cell_ids, dtype=object).astype(str)
-        is_empty = np.zeros(n, dtype=bool)
+        is_empty, is_nonfinite = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
         is_empty[np.asarray(empty, dtype=np.int64)] = True
+        is_nonfinite[np.asarray(nonfinite, dtype=np.int64)] = True
+        no_result = is_empty | is_nonfinite
         root = zarr.open_group(str(self.path), mode="r+", zarr_format=2)
         arrays = {}
         for name, values in obsm.items():
@@ -293,17 +278,20 @@ class AtlasStore:
                     f"{expected}; the block is not marked done."
                 )
             values = np.array(values, dtype=target.dtype)
-            values[is_empty] = np.nan
-            bad = np.flatnonzero(~_finite_rows(values) & ~is_empty)
+            values[no_result] = np.nan
+            bad = np.flatnonzero(~_finite_rows(values) & ~no_result)
             if len(bad):
                 raise ValueError(
                     f"{where}: {len(bad)} rows of obsm[{name!r}] are not finite (cells "
-                    f"{list(ids[bad[:5]])}); the block is not marked done, so a rerun writes "
-                    "it again."
+                    f"{ids[bad[:5]].tolist()}) and not listed as cells without a result; "
+                    "the block is not marked done. Cells whose result is not finite however "
+                    "computed must be passed as nonfinite= (they get a NaN row and are "
+                    "listed in uns); other rows were damaged between the model and the "
+                    "store, and a rerun writes the block again."
                 )
             arrays[name] = values
         columns = {
-            name: cast_column(values, self._kind(root["obs"][name]), name)
+            name: cast_column(values, stored_kind(root["obs"][name]), name)
             for name, values in obs.items()
         }
         root["obs"]["_index"][start:stop] = ids
@@ -313,26 +301,43 @@ class AtlasStore:
             else:
                 # anndata's nullable encoding: a "values" and a "mask" array
                 group = root["obs"][name]
-                group[_NULLABLE_PARTS[0]][start:stop] = values
-                group[_NULLABLE_PARTS[1]][start:stop] = mask
+                group[NULLABLE_PARTS[0]][start:stop] = values
+                group[NULLABLE_PARTS[1]][start:stop] = mask
         for name, values in arrays.items():
             root["obsm"][name][start:stop] = values
         for name, values in arrays.items():  # what the marker vouches for
             back = np.asarray(root["obsm"][name][start:stop])
             if not np.array_equal(back, values, equal_nan=True):
                 raise OSError(f"{where}: obsm[{name!r}] did not read back as written.")
-        text = json.dumps({"writer": writer, "empty": np.flatnonzero(is_empty).tolist()})
+        text = json.dumps(
+            {
+                "writer": writer,
+                "empty": np.flatnonzero(is_empty).tolist(),
+                "nonfinite": np.flatnonzero(is_nonfinite & ~is_empty).tolist(),
+            }
+        )
         marker = self._marker(index)
         tmp = marker.with_name(marker.name + f".tmp{os.getpid()}")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, marker)
 
     def verify(self, blocks: Sequence, key: str) -> BlockCheck:
-        """Check every block of ``blocks`` (``BlockSpec``-like: index, start, stop).
+        """Check every block; reads the store block by block and each marker once.
 
         A block passes when it is marked, its cell ids are written, and its rows of
-        ``obsm[key]`` are finite, except the empty cells its marker lists, which are NaN.
-        Reads the store block by block and each marker once.
+        ``obsm[key]`` are finite, except the empty and non-finite cells its marker lists,
+        which are NaN.
+
+        Parameters
+        ----------
+        blocks
+            The blocks (``BlockSpec``-like: ``index``, ``start``, ``stop``).
+        key
+            The ``obsm`` array checked.
+
+        Returns
+        -------
+        The :class:`BlockCheck`: blocks that failed, ids of the empty and non-finite cells.
         """
         import zarr
 
@@ -344,20 +349,31 @@ class AtlasStore:
             if block.index not in done:
                 check.bad.append(block.index)
                 continue
-            is_empty = np.zeros(block.stop - block.start, dtype=bool)
-            is_empty[np.asarray(self.block_record(block.index).get("empty", []), int)] = True
+            record = self.block_record(block.index)
+            listed = {}
+            for kind in ("empty", "nonfinite"):
+                listed[kind] = np.zeros(block.stop - block.start, dtype=bool)
+                listed[kind][np.asarray(record[kind], dtype=np.int64)] = True
+            no_result = listed["empty"] | listed["nonfinite"]
             rows = np.asarray(array[block.start : block.stop])
             ids = np.asarray(index[block.start : block.stop]).astype(object)
             finite = _finite_rows(rows)
             nan = np.isnan(rows.reshape(len(rows), -1)).all(axis=1)
-            if finite[~is_empty].all() and nan[is_empty].all() and (ids != "").all():
-                check.empty_cells.extend(ids[is_empty].tolist())
+            if finite[~no_result].all() and nan[no_result].all() and (ids != "").all():
+                check.empty_cells.extend(ids[listed["empty"]].tolist())
+                check.nonfinite_cells.extend(ids[listed["nonfinite"]].tolist())
             else:
                 check.bad.append(block.index)
         return check
 
     def drop_markers(self, indices: Sequence[int]) -> None:
-        """Remove the markers of blocks ``indices`` (the next run writes them again)."""
+        """Remove the markers of blocks (the next run writes them again).
+
+        Parameters
+        ----------
+        indices
+            The blocks.
+        """
         for i in indices:
             self._marker(i).unlink(missing_ok=True)
 
@@ -375,18 +391,29 @@ class AtlasStore:
     def finish(self, record: Mapping) -> None:
         """Write ``record`` into ``uns[UNS_KEY]``, then mark the store complete.
 
-        Each key is written on its own (:meth:`_set_uns`), ``complete`` last; the completion
-        file :data:`COMPLETE_FILE` is created after them (when ``record["complete"]``). A
-        kill at any point leaves ``uns`` readable and the store either complete, or not
-        complete and finished by the next run.
+        First the store stops being complete: :data:`COMPLETE_FILE` is removed and
+        ``complete`` set false (if the record had it). Then each key is written on its own
+        (:meth:`_set_uns`), ``complete`` last, and the completion file is created after them
+        (when ``record["complete"]``), prepared in the scratch folder. A kill at any point
+        leaves ``uns`` readable, and the store either complete with a whole record (the
+        earlier one or ``record``), or not complete and finished by the next run.
+
+        Parameters
+        ----------
+        record
+            Keys of ``uns[UNS_KEY]`` to write (lists as numpy arrays).
         """
         tmp_root = self.path / _TMP_DIR
         tmp_root.mkdir(exist_ok=True)
+        (self.path / COMPLETE_FILE).unlink(missing_ok=True)
+        if (self.path / "uns" / UNS_KEY / "complete").exists():
+            self._set_uns("complete", False, tmp_root)
         for key in sorted(record, key=lambda k: k == "complete"):
             self._set_uns(key, record[key], tmp_root)
         if record.get("complete"):
-            text = json.dumps({k: v for k, v in record.items() if k != "empty_cells"}, default=str)
-            tmp = self.path / f"{COMPLETE_FILE}.tmp{os.getpid()}"
+            lists = ("empty_cells", "nonfinite_cells")
+            text = json.dumps({k: v for k, v in record.items() if k not in lists}, default=str)
+            tmp = tmp_root / f"{COMPLETE_FILE}.tmp{os.getpid()}"
             tmp.write_text(text, encoding="utf-8")
             os.replace(tmp, self.path / COMPLETE_FILE)
         shutil.rmtree(tmp_root, ignore_errors=True)
@@ -398,7 +425,7 @@ class AtlasStore:
         rename; over an entry of the same layout (a scalar such as ``complete``) by
         replacing its chunk files, each with ``os.replace``. Only an entry whose layout
         changed (a list of another length) is swapped by two renames, between which that
-        one key is missing while the store is not complete.
+        one key is missing; :meth:`finish` has set ``complete`` false before.
         """
         import anndata
         import zarr
@@ -429,10 +456,19 @@ class AtlasStore:
 
 @dataclass
 class BlockCheck:
-    """What :meth:`AtlasStore.verify` found: blocks to (re)write, empty cells' ids."""
+    """What :meth:`AtlasStore.verify` found: blocks to (re)write, ids of cells without result.
+
+    Attributes
+    ----------
+    bad
+        Blocks that are not marked, or whose rows fail the check.
+    empty_cells, nonfinite_cells
+        Ids of the cells the markers list as empty / with a non-finite result.
+    """
 
     bad: list[int] = field(default_factory=list)
     empty_cells: list[str] = field(default_factory=list)
+    nonfinite_cells: list[str] = field(default_factory=list)
 
 
 def _finite_rows(values: np.ndarray) -> np.ndarray:

@@ -93,7 +93,24 @@ def infer_kinds(source, columns, n_rows: int = 1000) -> dict[str, str]:
 
 
 def merge_kinds(column: str, kinds: Mapping[str, str]) -> str:
-    """One kind for ``column`` stored as ``kinds`` (part name -> kind) in a collection."""
+    """One kind for a column that the parts of a collection store as different kinds.
+
+    Parameters
+    ----------
+    column
+        The column's name (for the message).
+    kinds
+        Part name -> the kind that part stores the column as.
+
+    Returns
+    -------
+    The one kind holding every part's values without loss (see the module docstring).
+
+    Raises
+    ------
+    ValueError
+        No kind holds them all (numbers in one file, text in another); the parts named.
+    """
     found = set(kinds.values())
     if len(found) == 1:
         return found.pop()
@@ -149,8 +166,24 @@ def cast_column(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Values of one block as stored in a ``kind`` column, and the missing-value mask.
 
-    The mask is ``None`` except for the nullable kinds. Raises a ``ValueError`` for a cast
-    that would lose a value (see the module docstring).
+    Parameters
+    ----------
+    values
+        The block's values of the column.
+    kind
+        The column's kind (:data:`KINDS`).
+    column
+        The column's name (for messages).
+
+    Returns
+    -------
+    The values cast to the column's dtype, and the missing-value mask (``None`` except for
+    the nullable kinds).
+
+    Raises
+    ------
+    ValueError
+        A cast that would lose a value (see the module docstring).
     """
     values = np.asarray(values)
     missing = _missing_mask(values)
@@ -184,3 +217,84 @@ def cast_column(
             )
         out[~missing] = _exact(present, dtype, column, kind)
     return out, (missing if kind in NULLABLE else None)
+
+
+# ----------------------------------------------------------------------------- zarr columns
+#: The arrays of anndata's nullable-integer / nullable-boolean encoding.
+NULLABLE_PARTS = ("values", "mask")
+
+
+def array_attrs(encoding: str) -> dict:
+    """The attributes anndata gives an array element (``"array"``, ``"string-array"``).
+
+    Parameters
+    ----------
+    encoding
+        The anndata encoding type.
+
+    Returns
+    -------
+    The ``encoding-type`` / ``encoding-version`` attributes.
+    """
+    return {"encoding-type": encoding, "encoding-version": "0.2.0"}
+
+
+def create_column(group, name: str, n_obs: int, chunk: int, kind: str) -> None:
+    """Create an empty output ``obs`` column of ``kind`` in a zarr (format 2) group.
+
+    Parameters
+    ----------
+    group
+        The ``obs`` group.
+    name
+        The column.
+    n_obs, chunk
+        Rows, and rows per chunk.
+    kind
+        One of :data:`KINDS`; nullable kinds are a ``values`` and a ``mask`` array, whose
+        unwritten rows read as missing.
+    """
+    if kind == "str":
+        array = group.create_array(name, shape=(n_obs,), chunks=(chunk,), dtype=str)
+        array.attrs.update(array_attrs("string-array"))
+    elif kind in NULLABLE:
+        column = group.create_group(name)
+        column.attrs.update({"encoding-type": NULLABLE[kind], "encoding-version": "0.1.0"})
+        dtype = "bool" if kind == "boolean" else "int64"
+        for part, fill in zip(NULLABLE_PARTS, (0, True), strict=True):
+            array = column.create_array(
+                part,
+                shape=(n_obs,),
+                chunks=(chunk,),
+                dtype=dtype if part == "values" else "bool",
+                fill_value=fill,
+            )
+            array.attrs.update(array_attrs("array"))
+    else:
+        fill = np.nan if np.dtype(kind).kind == "f" else 0
+        array = group.create_array(
+            name, shape=(n_obs,), chunks=(chunk,), dtype=kind, fill_value=fill
+        )
+        array.attrs.update(array_attrs("array"))
+
+
+def stored_kind(node) -> str:
+    """The kind of an output ``obs`` column made by :func:`create_column`.
+
+    Parameters
+    ----------
+    node
+        The column's zarr array (or group, for nullable kinds).
+
+    Returns
+    -------
+    One of :data:`KINDS`.
+    """
+    encoding = node.attrs.get("encoding-type")
+    for kind, name in NULLABLE.items():
+        if encoding == name:
+            return kind
+    dtype = node.dtype
+    if dtype.kind in "OTUS" or str(dtype).startswith("StringDType"):
+        return "str"
+    return "bool" if dtype.kind == "b" else str(np.dtype(dtype))

@@ -207,6 +207,76 @@ def _as_csr(matrix) -> sp.csr_matrix:
     return csr
 
 
+def _expressed_entries(
+    csr: sp.csr_matrix, column_vocab_ids: np.ndarray, modalities: ModalityLayout | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """The entries that become tokens: ``(rows, gene_ids, values, columns, modalities)``.
+
+    An entry counts when its gene is in the vocabulary (``column_vocab_ids >= 0``), its
+    value is nonzero and, for multi-omic rows, the cell was measured in its modality. The
+    one rule of what a cell expresses, shared by :func:`tokenize_cells` and
+    :func:`empty_cell_mask`.
+    """
+    n_cells = csr.shape[0]
+    if csr.shape[1] != len(column_vocab_ids):
+        raise ValueError(
+            f"Matrix has {csr.shape[1]} genes but {len(column_vocab_ids)} gene ids were given."
+        )
+    entry_rows = np.repeat(np.arange(n_cells), np.diff(csr.indptr))
+    entry_vocab = column_vocab_ids[csr.indices]
+    keep = (entry_vocab >= 0) & (csr.data != 0)
+    rows, gene_ids, raw, cols = (
+        entry_rows[keep],
+        entry_vocab[keep],
+        csr.data[keep],
+        csr.indices[keep],
+    )
+    if modalities is None:
+        return rows, gene_ids, raw, cols, None
+    column_modality, measured = modalities.column_modality, modalities.measured
+    if len(column_modality) != csr.shape[1] or len(measured) != n_cells:
+        raise ValueError(
+            f"The modality layout ({len(column_modality)} columns, {len(measured)} cells) "
+            f"does not fit the matrix {csr.shape}."
+        )
+    mods = column_modality[cols]
+    measured_entry = measured[rows, mods]
+    return (
+        rows[measured_entry],
+        gene_ids[measured_entry],
+        raw[measured_entry],
+        cols[measured_entry],
+        mods[measured_entry],
+    )
+
+
+def empty_cell_mask(
+    matrix, column_vocab_ids: np.ndarray, modalities: ModalityLayout | None = None
+) -> np.ndarray:
+    """Which cells have no expressed vocabulary gene (no token besides ``<cls>``).
+
+    These are the cells :func:`tokenize_cells` refuses unless ``allow_empty_cells``: the
+    same rule, from the same code.
+
+    Parameters
+    ----------
+    matrix
+        ``n_cells x n_genes`` scipy sparse matrix (any format) or dense array.
+    column_vocab_ids
+        Vocabulary id of each column, ``-1`` for genes outside the vocabulary.
+    modalities
+        Multi-omic rows: a cell expresses only what it was measured in.
+
+    Returns
+    -------
+    ``(n_cells,)`` bool mask, ``True`` for empty cells.
+    """
+    csr = _as_csr(matrix)
+    ids = np.asarray(column_vocab_ids, dtype=np.int64)
+    rows = _expressed_entries(csr, ids, modalities)[0]
+    return np.bincount(rows, minlength=csr.shape[0]) == 0
+
+
 def tokenize_cells(
     matrix,
     column_vocab_ids: np.ndarray,
@@ -248,32 +318,11 @@ def tokenize_cells(
     """
     csr = _as_csr(matrix)
     column_vocab_ids = np.asarray(column_vocab_ids, dtype=np.int64)
-    if csr.shape[1] != len(column_vocab_ids):
-        raise ValueError(
-            f"Matrix has {csr.shape[1]} genes but {len(column_vocab_ids)} gene ids were given."
-        )
     check_expression_values(csr.data)
     n_cells = csr.shape[0]
-    entry_rows = np.repeat(np.arange(n_cells), np.diff(csr.indptr))
-    entry_vocab = column_vocab_ids[csr.indices]
-    keep = (entry_vocab >= 0) & (csr.data != 0)
-    rows = entry_rows[keep]
-    gene_ids = entry_vocab[keep]
-    raw = csr.data[keep]
-    cols = csr.indices[keep]
-    mods = None
+    rows, gene_ids, raw, cols, mods = _expressed_entries(csr, column_vocab_ids, modalities)
     if modalities is not None:
-        column_modality = modalities.column_modality
-        measured = modalities.measured
-        if len(column_modality) != csr.shape[1] or len(measured) != n_cells:
-            raise ValueError(
-                f"The modality layout ({len(column_modality)} columns, {len(measured)} cells) "
-                f"does not fit the matrix {csr.shape}."
-            )
-        mods = column_modality[cols]
-        keep_measured = measured[rows, mods]
-        rows, gene_ids, raw = rows[keep_measured], gene_ids[keep_measured], raw[keep_measured]
-        cols, mods = cols[keep_measured], mods[keep_measured]
+        column_modality, measured = modalities.column_modality, modalities.measured
     n_expressed = np.bincount(rows, minlength=n_cells)
     indptr = np.zeros(n_cells + 1, dtype=np.int64)
     np.cumsum(n_expressed, out=indptr[1:])

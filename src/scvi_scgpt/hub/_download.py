@@ -199,8 +199,10 @@ def fetch_pretrained(
         names the URL or source and the path to put the file at.
     ValueError
         A download whose sha256 or size differs from the expected one, or a hash-less
-        download that is an HTML page (nothing is written, no hash is recorded); a registry
-        that is not valid (:func:`~scvi_scgpt.hub.load_registry`).
+        download that is an HTML page (nothing is written, no hash is recorded); a cached
+        file of another size than the registry's that cannot be downloaded again (offline,
+        or no URL: the file is kept); a registry that is not valid
+        (:func:`~scvi_scgpt.hub.load_registry`).
     ConnectionError
         The download failed after retries.
     """
@@ -218,9 +220,18 @@ def _fetch_file(entry: RegistryEntry, spec, folder: Path, progress_bar: bool) ->
     path = folder / spec.name
     recorded = _recorded(folder).get(spec.name, {}).get("sha256")
     expected = spec.sha256 or recorded
+    where = spec.url or entry.source or "(no source known)"
     if path.is_file():
         size = path.stat().st_size
         if spec.size is not None and size != spec.size:
+            if is_offline() or not spec.url:  # it cannot be fetched again: keep it
+                why = f"{OFFLINE_ENV} is set" if spec.url else "no direct download is known"
+                raise ValueError(
+                    f"The cached file {str(path)!r} is {size} bytes, the registry says "
+                    f"{spec.size}, and {why}, so it cannot be fetched again; it was left as "
+                    f"it is. Put the right file there (from {where}), or fix the registry's "
+                    '"size" if this file is the right one.'
+                )
             logger.warning(
                 "Cached %s is %d bytes, the registry says %d; fetching it again.",
                 path,
@@ -235,7 +246,6 @@ def _fetch_file(entry: RegistryEntry, spec, folder: Path, progress_bar: bool) ->
             logger.warning(
                 "Cached %s has sha256 %s, expected %s; fetching it again.", path, actual, expected
             )
-    where = spec.url or entry.source or "(no source known)"
     if is_offline():
         raise FileNotFoundError(
             f"{OFFLINE_ENV} is set and {str(path)!r} is not cached (or fails its sha256 check). "

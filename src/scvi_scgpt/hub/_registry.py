@@ -68,10 +68,21 @@ def check_plain_name(name: object, what: str) -> str:
     A plain name is a non-empty string with no slash or backslash, no NUL, no drive, not
     absolute and not ``.`` or ``..``: joined to a cache folder, it stays inside it.
 
+    Parameters
+    ----------
+    name
+        The name to check (any value: a registry is untrusted JSON).
+    what
+        What the name is, for the message (e.g. ``"Registry 'r.json': model name"``).
+
+    Returns
+    -------
+    ``name``, a plain name.
+
     Raises
     ------
     ValueError
-        With ``what`` (e.g. ``"Registry 'r.json': model name"``) in the message.
+        ``name`` is not a plain name; ``what`` is in the message.
     """
     if (
         not isinstance(name, str)

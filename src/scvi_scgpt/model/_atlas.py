@@ -3,8 +3,9 @@
 ``embed_atlas`` reads any :class:`~scvi_scgpt.data.CellSource` by blocks, runs
 ``lightning.Trainer.predict`` (1 process, several CPU processes, GPUs, nodes) and writes each
 block straight into an AnnData zarr store (:class:`~scvi_scgpt.data.AtlasStore`). One job
-writes one output: the launching process holds ``OUT.lock`` from before the first check
-of the output to the end of the run (:class:`~scvi_scgpt.data._atlas_lock.OutputLock`).
+writes one output: the launching process holds ``OUT.lock`` (next to the resolved output
+path) from before the first check of the output to the end of the run
+(:class:`~scvi_scgpt.data._atlas_lock.OutputLock`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import logging
 import warnings
 from collections.abc import Sequence
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
@@ -32,10 +34,11 @@ from scvi_scgpt.model._atlas_blocks import (
     EMPTY_CELL_POLICIES,
     block_result,
     find_empty_cells,
+    nonfinite_cells,
     output_columns,
 )
 from scvi_scgpt.model._multiomic import is_mudata
-from scvi_scgpt.model._precision import PRECISIONS
+from scvi_scgpt.model._precision import PRECISIONS, resolve_precision
 from scvi_scgpt.train._prediction import AtlasProgress, AtlasWriter, BlockPredictionPlan
 
 logger = logging.getLogger(__name__)
@@ -139,7 +142,10 @@ class AtlasMixin:
             refuses): ``"nan"`` (default) gives them a NaN row and lists their ids in
             ``uns["scvi_scgpt_atlas"]["empty_cells"]`` (no label, NaN confidence);
             ``"raise"`` stops the run at their block. A tokenizer made with
-            ``allow_empty_cells=True`` embeds them as :meth:`embed` does.
+            ``allow_empty_cells=True`` embeds them as :meth:`embed` does. Cells whose
+            embedding is not finite (e.g. a bfloat16 overflow) are computed once more in
+            float32; those still not finite get a NaN row too, listed in
+            ``uns["scvi_scgpt_atlas"]["nonfinite_cells"]``, whatever this policy.
 
         Returns
         -------
@@ -148,12 +154,12 @@ class AtlasMixin:
         ``source_part`` column naming each cell's file for a collection, and the label
         columns), ``X`` of shape ``(n_cells, 0)``, ``obsm[key_added]`` (``float32``,
         ``(n_cells, d_model)``, L2-normalised) and ``uns["scvi_scgpt_atlas"]`` (model,
-        source, settings, package version; once finished ``complete``, ``n_cells`` and
-        ``empty_cells``). The source is never modified.
+        source, settings, package version; once finished ``complete``, ``n_cells``,
+        ``empty_cells`` and ``nonfinite_cells``). The source is never modified.
 
         Raises
         ------
-        ~scvi_scgpt.data._atlas_lock.AtlasOutputLocked
+        ~scvi_scgpt.data.AtlasOutputLocked
             Another job is writing ``out`` (its process id, host and start time named).
         """
         if precision not in PRECISIONS:
@@ -220,19 +226,35 @@ class AtlasMixin:
                 outputs = []
                 for seg in segments:
                     skip = find_empty_cells(seg, column_ids[seg.part]) if skip_empty else None
-                    emb, probs = self._atlas_segment(
-                        seg,
-                        column_ids[seg.part],
-                        self._atlas_batch_codes(cell_source, seg, batch_key),
-                        batch_size,
-                        precision,
-                        max_tokens_per_batch,
-                        classes is not None,
-                        skip=skip,
-                    )
-                    outputs.append(
-                        (emb, probs, np.zeros(len(seg.rows), bool) if skip is None else skip)
-                    )
+                    codes = self._atlas_batch_codes(cell_source, seg, batch_key)
+
+                    def segment(prec: str, not_run: np.ndarray | None, seg=seg, codes=codes):
+                        return self._atlas_segment(
+                            seg,
+                            column_ids[seg.part],
+                            codes,
+                            batch_size,
+                            prec,
+                            max_tokens_per_batch,
+                            classes is not None,
+                            skip=not_run,
+                        )
+
+                    emb, probs = segment(precision, skip)
+                    empty = np.zeros(len(seg.rows), bool) if skip is None else skip
+                    # non-finite cells (e.g. a bf16 overflow): once more in float32, then NaN
+                    low = resolve_precision(precision, self.device) != "32"
+                    retry = partial(segment, "32") if low else None
+                    nonfinite = nonfinite_cells(emb, probs, empty, retry)
+                    if nonfinite.any():
+                        logger.warning(
+                            "%d cells have an embedding that is not finite%s (e.g. %s): NaN "
+                            "rows, listed in uns['scvi_scgpt_atlas']['nonfinite_cells'].",
+                            nonfinite.sum(),
+                            "" if retry is None else ", also in float32",
+                            seg.cell_ids[nonfinite][:3].tolist(),
+                        )
+                    outputs.append((emb, probs, empty, nonfinite))
                 return block_result(
                     segments,
                     outputs,

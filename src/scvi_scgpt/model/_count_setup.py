@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 import torch
 from scvi import REGISTRY_KEYS
 
 from scvi_scgpt.data import match_genes
+from scvi_scgpt.train import PRESETS
+
+logger = logging.getLogger(__name__)
 
 #: Collators whose minibatches carry the registered AnnData rows (and so the counts).
 COUNT_COLLATORS = ("masked", "generative")
@@ -19,10 +26,15 @@ NO_COUNT_DECODER = (
 )
 
 
-def check_raw_counts(matrix, where: str) -> None:
-    """Raise unless ``matrix`` holds non-negative integer counts (every stored value checked)."""
+def is_integer_matrix(matrix) -> bool:
+    """Whether every stored value of ``matrix`` is an integer."""
     values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
-    if values.size and not np.array_equal(values, np.round(values)):
+    return not values.size or np.array_equal(values, np.round(values))
+
+
+def check_raw_counts(matrix, where: str) -> None:
+    """Raise unless ``matrix`` holds integer counts (every stored value checked)."""
+    if not is_integer_matrix(matrix):
         raise ValueError(
             f"The count decoder models raw counts, but {where} is not integer (normalised or "
             "log-transformed?). Register the raw counts: SCGPT.setup_anndata(adata, "
@@ -53,6 +65,42 @@ def columns_of_decoded_genes(
 
 class CountSetupMixin:
     """Adds the count decoder when a task trains the ``count`` objective."""
+
+    def _count_default(self, task: str, objectives, given, datamodule):
+        """The objectives to train: the preset's count default dropped where it cannot run.
+
+        The from-scratch presets switch the count objective on. Where the user did not ask
+        for it and it cannot run (streamed files, or registered values that are not raw
+        counts), training falls back to the task's official objectives, with a warning.
+        """
+        asked = given is not None and (
+            (isinstance(given, dict) and given.get("count")) or getattr(given, "count", False)
+        )
+        if not objectives.count or asked:
+            return objectives
+        why = None
+        if datamodule is not None:
+            why = "training streams files (the count objective reads an in-memory AnnData)"
+        elif not is_integer_matrix(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)):
+            why = (
+                "the registered expression is not raw counts (register them with "
+                "setup_anndata(adata, layer='counts'))"
+            )
+        if why is None:
+            return objectives
+        official = PRESETS[task].objectives
+        fields = {f.name: getattr(official, f.name) for f in dataclasses.fields(official)}
+        if isinstance(given, dict):
+            fields.update(given)
+        fields["count"] = False
+        warnings.warn(
+            f"train({task!r}): the from-scratch default objective 'count' is switched off "
+            f"because {why}; training with the official objectives instead, which learn "
+            "much weaker cell embeddings from scratch (docs: training.md).",
+            UserWarning,
+            stacklevel=3,
+        )
+        return dataclasses.replace(official, **fields)
 
     def _configure_for(self, objectives, preset, n_top_genes, tokenizer_changes=None) -> None:
         if objectives.count:

@@ -17,7 +17,7 @@ from scvi import REGISTRY_KEYS
 from scvi_scgpt._constants import TOKEN_KEYS
 from scvi_scgpt.dataloaders import PERTURBATION_KEY
 from scvi_scgpt.model._perturbation_combination import CombinationMixin
-from scvi_scgpt.model._perturbation_setup import resolve_split, warn_if_leaking
+from scvi_scgpt.model._perturbation_setup import training_split, warn_if_leaking
 from scvi_scgpt.model._training import TrainingMixin
 from scvi_scgpt.tl._perturbation_data import canonical_condition, condition_genes, dense_rows
 
@@ -42,12 +42,11 @@ class PerturbationMixin(CombinationMixin):
     def _training_split(self, adata: AnnData) -> tuple[np.ndarray | None, str]:
         """Per cell ``"train"`` / ``"val"`` / ``"test"`` (``""``: unused) of the training.
 
-        The cells ``train(datasplitter_kwargs={"external_indexing": ...})`` holds out while
-        it runs, else the registered ``split_key`` column (``obs["split"]`` without one).
+        While ``train`` runs, the cells its ``external_indexing`` holds out, else the
+        registered ``split_key`` column (``obs["split"]`` without one); after it, the cells
+        it used (``train_indices_``, ...). See :func:`training_split`.
         """
-        args = self.get_anndata_manager(adata, required=True).registry["setup_args"]
-        indexing = getattr(self, "_heldout_indexing", None) if adata is self.adata else None
-        return resolve_split(adata, args.get("split_key"), indexing)
+        return training_split(self, adata)
 
     @wraps(TrainingMixin.train)
     def train(self, *args, **kwargs):  # noqa: D102 (TrainingMixin.train's docstring)
@@ -60,13 +59,14 @@ class PerturbationMixin(CombinationMixin):
         bound.apply_defaults()
         splitter = bound.arguments.get("datasplitter_kwargs") or {}
         self._heldout_indexing = splitter.get("external_indexing")
+        self._training_now, self._split_logged = True, False
         setup = self.adata_manager.registry["setup_args"]
         try:
             if bound.arguments["task"] == "perturbation" and setup.get("perturbation_key"):
                 warn_if_leaking(*self._training_split(self.adata), stacklevel=3)
             return super().train(*args, **kwargs)
         finally:
-            self._heldout_indexing = None
+            self._heldout_indexing, self._training_now = None, False
 
     def _perturbed_columns(self, adata: AnnData, genes: Sequence[str]) -> np.ndarray:
         """Matrix columns of perturbed genes; each must be a gene the model represents."""

@@ -125,12 +125,17 @@ def check_split(adata: AnnData, split_key: str) -> None:
         )
 
 
+#: Where :func:`resolve_split` reads the split of data set up without ``split_key``.
+COMPAT_SPLIT = "obs['split']"
+
+
 def resolve_split(
-    adata: AnnData, split_key: str | None, indexing: Sequence | None = None
+    adata: AnnData, split_key: str | None, indexing: Sequence | None = None, *, log: bool = True
 ) -> tuple[np.ndarray | None, str]:
     """Per cell ``"train"`` / ``"val"`` / ``"test"`` (``""``: unused), and where it comes from.
 
-    In order: the ``external_indexing`` given to ``train(datasplitter_kwargs=...)``, the
+    In order: ``indexing`` (the ``external_indexing`` given to
+    ``train(datasplitter_kwargs=...)``, or the cells of the model's training), the
     registered ``split_key`` column, and for compatibility ``obs["split"]`` when no
     ``split_key`` was registered. ``None`` when there is no split.
 
@@ -142,6 +147,13 @@ def resolve_split(
         The registered split column (absent from ``adata``: no split).
     indexing
         Train, validation (and test) cell indices, or ``None``.
+    log
+        Log (info) that ``obs["split"]`` is read without a registered ``split_key``.
+
+    Returns
+    -------
+    The per-cell split (or ``None``) and a description of its source (:data:`COMPAT_SPLIT`
+    for the compatibility column).
     """
     if indexing is not None:
         labels = np.full(adata.n_obs, "", dtype="<U5")
@@ -149,16 +161,77 @@ def resolve_split(
             labels[np.asarray(rows, dtype=np.int64)] = name
         return labels, "datasplitter_kwargs['external_indexing']"
     if split_key is None and "split" in adata.obs:
-        logger.info(
-            "No split_key registered: obs['split'] holds the cells out (as before); register "
-            "it with SCGPT.setup_anndata(..., split_key='split')."
-        )
-        split_key = "split"
+        if log:
+            logger.info(
+                "No split_key registered: obs['split'] holds the cells out (as before); "
+                "register it with SCGPT.setup_anndata(..., split_key='split')."
+            )
+        return adata.obs["split"].astype(str).to_numpy(), COMPAT_SPLIT
     if split_key is None:
         return None, "no split_key, no obs['split']"
     if split_key not in adata.obs:
         return None, f"split_key {split_key!r} is not a column of this AnnData"
     return adata.obs[split_key].astype(str).to_numpy(), f"obs[{split_key!r}]"
+
+
+def trained_indexing(model, n_obs: int) -> list[np.ndarray] | None:
+    """The train / validation / test cells of ``model``'s last training, if it kept them.
+
+    Parameters
+    ----------
+    model
+        A trained model (``train_indices_``, ``validation_indices_``, ``test_indices_``, as
+        ``train`` stores and ``save`` keeps them).
+    n_obs
+        Cells of the model's AnnData (indices outside it: not this AnnData's training).
+
+    Returns
+    -------
+    The three index arrays, or ``None`` (no training with cell indices, e.g. from a
+    datamodule, or indices that do not fit).
+    """
+    parts = [getattr(model, f"{p}_indices_", None) for p in ("train", "validation", "test")]
+    if parts[0] is None:
+        return None
+    arrays = [np.asarray([] if p is None else p, dtype=np.int64).ravel() for p in parts]
+    if any(len(a) and (a.min() < 0 or a.max() >= n_obs) for a in arrays):
+        return None
+    return arrays
+
+
+def training_split(model, adata: AnnData) -> tuple[np.ndarray | None, str]:
+    """Per cell ``"train"`` / ``"val"`` / ``"test"`` (``""``: unused) of ``model``'s training.
+
+    While ``train`` runs: the ``external_indexing`` it was given, else the registered
+    ``split_key`` column (``obs["split"]`` without one, logged once per training). After
+    training, on the model's own AnnData: the cells that training used
+    (:func:`trained_indexing`), so that cells held out through ``external_indexing`` stay
+    out (e.g. of reverse perturbation's default candidates) whatever ``obs`` holds.
+
+    Parameters
+    ----------
+    model
+        The perturbation model.
+    adata
+        The cells (set up for ``model``).
+
+    Returns
+    -------
+    The per-cell split (``None``: no split) and where it comes from.
+    """
+    args = model.get_anndata_manager(adata, required=True).registry["setup_args"]
+    indexing, source = None, None
+    if adata is model.adata:
+        indexing = getattr(model, "_heldout_indexing", None)
+        if indexing is None and not getattr(model, "_training_now", False):
+            indexing = trained_indexing(model, adata.n_obs)
+            if indexing is not None:
+                source = "the cells of the model's training (train_indices_, ...)"
+    quiet = getattr(model, "_split_logged", False)
+    split, where = resolve_split(adata, args.get("split_key"), indexing, log=not quiet)
+    if where == COMPAT_SPLIT:
+        model._split_logged = True
+    return split, source or where
 
 
 def warn_if_leaking(split: np.ndarray | None, source: str, stacklevel: int = 2) -> None:

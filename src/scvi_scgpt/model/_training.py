@@ -216,9 +216,10 @@ class TrainingMixin:
             },
             None if datamodule is not None else round((train_size or 0.9) * self.adata.n_obs),
         )
+        given = objectives
         if isinstance(objectives, dict):
             objectives = dataclasses.replace(preset.objectives, **objectives)
-        objectives = objectives or preset.objectives
+        objectives = self._count_default(task, objectives or preset.objectives, given, datamodule)
         self._configure_for(objectives, preset, n_top_genes, tokenizer)
         self._perturbation_options = {
             "combination": check_combination(task, combination),
@@ -407,9 +408,10 @@ class TrainingMixin:
         n_top = preset.n_top_genes if n_top_genes == "preset" else n_top_genes
         if n_top is not None:
             self.gene_subset_ = self._select_hvgs(n_top)
-            tokenizer["max_seq_len"] = max(
-                len(self.gene_subset_) + 1, tokenizer.get("max_seq_len", 0)
-            )
+            if tokenizer.get("include_zero_genes"):  # every subset gene is a token
+                tokenizer["max_seq_len"] = max(
+                    len(self.gene_subset_) + 1, tokenizer.get("max_seq_len", 0)
+                )
         if tokenizer_changes:
             known = {f.name for f in dataclasses.fields(TokenizerConfig)}
             unknown = sorted(set(tokenizer_changes) - known)

@@ -39,8 +39,9 @@ class BlockPredictionPlan(LightningModule):
         The torch module (moved to each rank's device by Lightning).
     run_block
         ``(list of RowBlock) -> {"obsm": {name: array}, "obs": {name: array}, "empty":
-        positions}`` with one row per cell of the block, in row order; ``empty`` (optional)
-        lists the cells left without a result (NaN rows).
+        positions, "nonfinite": positions}`` with one row per cell of the block, in row
+        order; ``empty`` and ``nonfinite`` (optional) list the cells left without a result
+        (NaN rows): empty cells, and cells whose result is not finite however computed.
     """
 
     def __init__(
@@ -66,9 +67,10 @@ class AtlasWriter(BasePredictionWriter):
     """Writes each block's results into the store as soon as the block is done.
 
     At the end of the run all ranks meet; rank 0 then verifies every block
-    (:meth:`~scvi_scgpt.data.AtlasStore.verify`: marked, finite rows, empty cells NaN). Blocks
-    that fail lose their marker and the run raises, so that the next run writes them again;
-    otherwise the store is completed, with the empty cells' ids in ``uns``.
+    (:meth:`~scvi_scgpt.data.AtlasStore.verify`: marked, finite rows, the cells without a
+    result NaN). Blocks that fail lose their marker and the run raises, so that the next run
+    writes them again; otherwise the store is completed, with the ids of the empty and the
+    non-finite cells in ``uns``.
 
     Parameters
     ----------
@@ -112,6 +114,7 @@ class AtlasWriter(BasePredictionWriter):
             obs=prediction.get("obs", {}),
             writer=f"rank {trainer.global_rank}",
             empty=prediction.get("empty", ()),
+            nonfinite=prediction.get("nonfinite", ()),
         )
 
     def on_predict_end(self, trainer, pl_module) -> None:
@@ -126,8 +129,9 @@ class AtlasWriter(BasePredictionWriter):
             raise RuntimeError(
                 f"The atlas output {str(self.store.path)!r} is incomplete: {len(check.bad)} "
                 f"block(s) {check.bad[:10]} ({cells:,} cells) are missing or hold rows that "
-                "are not finite (empty cells aside). Their markers were removed: run the "
-                "same call again (resume=True) to write them."
+                "are not finite (the cells listed without a result aside): data lost after "
+                "the blocks were written. Their markers were removed: run the same call "
+                "again (resume=True) to write them."
             )
         seconds = time.perf_counter() - self.started
         self.store.finish(
@@ -136,15 +140,18 @@ class AtlasWriter(BasePredictionWriter):
                 "world_size": int(trainer.world_size),
                 "n_empty_cells": len(check.empty_cells),
                 "empty_cells": np.asarray(check.empty_cells, dtype=object),
+                "n_nonfinite_cells": len(check.nonfinite_cells),
+                "nonfinite_cells": np.asarray(check.nonfinite_cells, dtype=object),
                 "complete": True,
             }
         )
         logger.info(
             "Atlas output complete: %s cells, each written once and verified (%d blocks, "
-            "%d empty cells, %.1f s, %d processes).",
+            "%d empty cells, %d non-finite cells, %.1f s, %d processes).",
             f"{self.n_obs:,}",
             len(self.blocks),
             len(check.empty_cells),
+            len(check.nonfinite_cells),
             seconds,
             trainer.world_size,
         )
