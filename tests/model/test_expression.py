@@ -70,6 +70,17 @@ def test_normalized_expression_follows_scvi_semantics(counts_model):
     assert overall.shape == (50, N_GENES)
 
 
+def test_likelihood_parameters_are_the_decoded_distribution(counts_model):
+    model, adata = counts_model
+    params = model.get_likelihood_parameters(adata, indices=[0, 1, 2])
+    assert set(params) == {"mean", "dispersions"}
+    latent = model.get_normalized_expression(
+        adata, indices=[0, 1, 2], library_size="latent", return_numpy=True
+    )
+    np.testing.assert_allclose(params["mean"], latent, rtol=1e-5)
+    assert np.all(params["dispersions"] > 0)
+
+
 def test_differential_expression_ranks_planted_genes_first(counts_model):
     model, adata = counts_model
     de = model.differential_expression(groupby="cell_type", group1=["type0"], silent=True)
@@ -156,3 +167,39 @@ def test_count_objective_with_generative_pretraining():
     )
     assert np.isfinite(model.history_["count_train"].iloc[:, 0].to_numpy(dtype=float)).all()
     assert model.get_normalized_expression(adata, return_numpy=True).shape == (80, 30)
+
+
+def test_from_scratch_default_falls_back_without_raw_counts():
+    adata = make_structured_counts(60, 30, seed=1)
+    adata.X = adata.X.multiply(1.0 / adata.X.sum(1)).tocsr() * 100.0
+    SCGPT.setup_anndata(adata, batch_key="batch")
+    model = SCGPT(adata, **TINY)
+    with pytest.warns(UserWarning, match="'count' is switched off because the registered"):
+        model.train(
+            "integration",
+            max_epochs=1,
+            n_top_genes=None,
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+        )
+    assert not model.architecture.count_decoder
+    used = model.training_task_["objectives"]
+    assert used["gep"] and used["gepc"] and not used["count"]
+
+
+def test_from_scratch_presets_train_the_count_objective():
+    scvi.settings.seed = 0
+    adata = make_structured_counts(80, 30, seed=4)
+    SCGPT.setup_anndata(adata, batch_key="batch")
+    model = SCGPT(adata, **TINY)
+    model.train(
+        "integration",
+        max_epochs=1,
+        n_top_genes=None,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+    )
+    used = model.training_task_["objectives"]
+    assert used["count"] and not used["gep"] and not used["gepc"]
+    assert model.architecture.count_decoder
+    assert model.tokenizer_config.include_zero_genes is False
