@@ -116,7 +116,10 @@ def test_dar_lowers_batch_predictability():
 
 def test_integration_preset_builds_heads_and_subsets_genes(tmp_path):
     model = _model()
-    model.train("integration", max_epochs=1, n_top_genes=40, batch_size=32, **QUIET)
+    # the official recipe (the fine-tune regime; a new model trains the count objective)
+    model.train(
+        "integration", max_epochs=1, n_top_genes=40, batch_size=32, regime="fine_tune", **QUIET
+    )
     arch = model.architecture
     assert arch.domain_spec_batchnorm and arch.use_batch_labels and arch.do_dab
     assert arch.explicit_zero_prob and arch.do_mvc and arch.n_batch == 2
