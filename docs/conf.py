@@ -123,7 +123,8 @@ def _builtin_docstring(app, what, name, obj, options, lines):
     kind = type(obj)
     if what not in ("data", "attribute") or kind.__module__ != "builtins" or not lines:
         return
-    if lines[0].strip() != inspect.cleandoc(kind.__doc__ or "").splitlines()[0].strip():
+    inherited = inspect.cleandoc(kind.__doc__ or "").splitlines()
+    if not inherited or lines[0].strip() != inherited[0].strip():
         return
     text = f"A ``{kind.__name__}``"
     if isinstance(obj, dict) and all(isinstance(key, str) for key in obj):

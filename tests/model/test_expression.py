@@ -203,3 +203,25 @@ def test_from_scratch_presets_train_the_count_objective():
     assert used["count"] and not used["gep"] and not used["gepc"]
     assert model.architecture.count_decoder
     assert model.tokenizer_config.include_zero_genes is False
+
+
+def test_zero_inflated_decoder_with_dispersion_per_batch():
+    scvi.settings.seed = 0
+    adata = make_structured_counts(80, 30, seed=5)
+    SCGPT.setup_anndata(adata, batch_key="batch")
+    model = SCGPT(adata, count_likelihood="zinb", count_dispersion="gene-batch", **TINY)
+    model.train(
+        "gep",
+        objectives={"count": True, "gep": False, "gepc": False},
+        max_epochs=2,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+    )
+    assert model.module.count_decoder.log_theta.shape == (2, 30)
+    params = model.get_likelihood_parameters(adata)
+    assert set(params) == {"mean", "dispersions", "dropout"}
+    # the two batches' cells get their own dispersions
+    codes = adata.obs["batch"].cat.codes.to_numpy()
+    first = [np.flatnonzero(codes == b)[0] for b in (0, 1)]
+    assert not np.allclose(params["dispersions"][first[0]], params["dispersions"][first[1]])
+    assert model.posterior_predictive_sample(adata, n_samples=2).shape == (80, 30, 2)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import warnings
 
 import numpy as np
@@ -13,8 +12,6 @@ from scvi import REGISTRY_KEYS
 
 from scvi_scgpt.data import match_genes
 from scvi_scgpt.train import PRESETS
-
-logger = logging.getLogger(__name__)
 
 #: Collators whose minibatches carry the registered AnnData rows (and so the counts).
 COUNT_COLLATORS = ("masked", "generative")

@@ -72,9 +72,23 @@ class ExpressionMixin(CountSetupMixin):
             out[:, positions] = values.float().cpu().numpy()
         return dict(zip(keys, out))
 
-    def _likelihood_keys(self) -> tuple[str, ...]:
+    def _distribution_params(
+        self, adata: AnnData, indices: np.ndarray, batch_size: int | None, precision: str
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Each cell's decoded ``scale`` / ``theta`` (/ ``dropout_logits``) and library."""
         keys = ("scale", "theta")
-        return keys + ("dropout_logits",) if self.architecture.count_likelihood == "zinb" else keys
+        if self.architecture.count_likelihood == "zinb":
+            keys += ("dropout_logits",)
+        decoded = self._decode(
+            adata,
+            indices,
+            None,
+            batch_size=batch_size,
+            precision=precision,
+            progress_bar=None,
+            keys=keys,
+        )
+        return decoded, self._observed_library(adata, indices).astype(np.float32)
 
     def _observed_library(self, adata: AnnData, indices: np.ndarray) -> np.ndarray:
         """Each cell's total count over the decoded genes present in ``adata``."""
@@ -286,17 +300,8 @@ class ExpressionMixin(CountSetupMixin):
         """
         adata = self._validate_anndata(adata)
         indices = self._as_indices(adata, indices)
-        keys = self._likelihood_keys()
-        out = self._decode(
-            adata,
-            indices,
-            None,
-            batch_size=batch_size,
-            precision=precision,
-            progress_bar=None,
-            keys=keys,
-        )
-        library = self._observed_library(adata, indices).astype(np.float32)[:, None]
+        out, library = self._distribution_params(adata, indices, batch_size, precision)
+        library = library[:, None]
         params = {"mean": out["scale"] * library, "dispersions": out["theta"]}
         if "dropout_logits" in out:
             params["dropout"] = out["dropout_logits"]
@@ -341,17 +346,8 @@ class ExpressionMixin(CountSetupMixin):
         adata = self._validate_anndata(adata)
         indices = self._as_indices(adata, indices)
         mask = self._gene_mask(gene_list)
-        keys = self._likelihood_keys()
-        decoded_all = self._decode(
-            adata,
-            indices,
-            None,
-            batch_size=batch_size,
-            precision=precision,
-            progress_bar=None,
-            keys=keys,
-        )
-        library = torch.from_numpy(self._observed_library(adata, indices).astype(np.float32))
+        decoded_all, library = self._distribution_params(adata, indices, batch_size, precision)
+        library = torch.from_numpy(library)
         chunk = batch_size or settings.batch_size
         draws = []
         for start in range(0, len(indices), chunk):
