@@ -7,6 +7,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+#: The tiny model shape and the ``embed_atlas`` settings of the atlas tests.
+ATLAS_TINY = {"d_model": 16, "n_heads": 2, "d_hid": 16, "n_layers": 1, "max_seq_len": 32}
+ATLAS_RUN = {"block_size": 16, "progress_bar": False}
+
 
 def make_counts(
     n_cells: int = 40,

@@ -14,9 +14,9 @@ import pytest
 
 from scvi_scgpt import SCGPT
 from scvi_scgpt.data import AtlasStore
-from tests._builders import make_counts
+from tests._builders import ATLAS_TINY, make_counts
 
-TINY = {"d_model": 16, "n_heads": 2, "d_hid": 16, "n_layers": 1, "max_seq_len": 32}
+TINY = ATLAS_TINY
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 

@@ -106,10 +106,9 @@ def _kill_after(monkeypatch, n: int) -> list[int]:
     return calls
 
 
-def test_no_kill_while_finishing_loses_the_record(tmp_path, monkeypatch):
-    base = _store(tmp_path / "base.zarr")
-    for index in range(3):
-        _write(base, index)
+def _finish_killed_at_each_step(tmp_path, monkeypatch, base, record):
+    """Copies of ``base`` whose ``finish(record)`` is killed after 0, 1, 2, ... file-system
+    changes: yields ``(n, path, store, finished, calls)`` until a run is not killed."""
     for n in range(200):
         path = tmp_path / f"copy{n}.zarr"
         shutil.copytree(base.path, path)
@@ -117,10 +116,25 @@ def test_no_kill_while_finishing_loses_the_record(tmp_path, monkeypatch):
         with monkeypatch.context() as patch:
             calls = _kill_after(patch, n)
             try:
-                store.finish({"complete": True, "n_cells": N})
+                store.finish(record)
                 finished = True
             except Killed:
                 finished = False
+        yield n, path, store, finished, calls
+        shutil.rmtree(path)
+        if finished:
+            return
+
+
+def test_no_kill_while_finishing_loses_the_record(tmp_path, monkeypatch):
+    base = _store(tmp_path / "base.zarr")
+    for index in range(3):
+        _write(base, index)
+    killed = _finish_killed_at_each_step(
+        tmp_path, monkeypatch, base, {"complete": True, "n_cells": N}
+    )
+    for step in killed:
+        _n, path, store, finished, calls = step
         # whatever the moment of the kill: the record is there, the state is readable
         complete = store.is_complete()
         record = ad.read_zarr(path).uns["scvi_scgpt_atlas"]
@@ -131,9 +145,6 @@ def test_no_kill_while_finishing_loses_the_record(tmp_path, monkeypatch):
         assert store.is_complete()
         record = ad.read_zarr(path).uns["scvi_scgpt_atlas"]
         assert record["complete"] and record["n_cells"] == N
-        shutil.rmtree(path)
-        if finished:
-            break
     assert finished and calls[0] >= 1
 
 
@@ -157,17 +168,9 @@ def test_no_kill_while_finishing_over_a_record_of_another_layout(tmp_path, monke
     for index in range(3):
         _write(base, index)
     base.finish({**OLD, "complete": True})
-    for n in range(200):
-        path = tmp_path / f"copy{n}.zarr"
-        shutil.copytree(base.path, path)
-        store = AtlasStore(path)
-        with monkeypatch.context() as patch:
-            calls = _kill_after(patch, n)
-            try:
-                store.finish({**NEW, "complete": True})
-                finished = True
-            except Killed:
-                finished = False
+    killed = _finish_killed_at_each_step(tmp_path, monkeypatch, base, {**NEW, "complete": True})
+    for step in killed:
+        n, path, store, finished, calls = step
         record = ad.read_zarr(path).uns["scvi_scgpt_atlas"]
         assert record["model"] == "m"
         # complete (to anndata, or by its file) only with a whole record, never a mix
@@ -178,9 +181,6 @@ def test_no_kill_while_finishing_over_a_record_of_another_layout(tmp_path, monke
         store.finish({**NEW, "complete": True})  # the rerun finishes it
         record = ad.read_zarr(path).uns["scvi_scgpt_atlas"]
         assert store.is_complete() and record["complete"] and _which(record) == "new"
-        shutil.rmtree(path)
-        if finished:
-            break
     assert finished and calls[0] >= 4
 
 

@@ -167,24 +167,34 @@ def test_an_html_file_with_a_published_hash_is_accepted(server, official_dir, is
     assert (isolated_cache / "tiny" / "page.html").read_bytes() == QUOTA_PAGE
 
 
-def test_concurrent_ranks_record_every_hash(tmp_path):
-    n_threads, n_files = 8, 25
+def _run_at_once(work, n_threads: int) -> list[str]:
+    """Run ``work(i)`` in ``n_threads`` threads released together; the errors raised."""
     barrier = threading.Barrier(n_threads)
     errors = []
 
     def rank(i):
         barrier.wait()
-        for j in range(n_files):
-            try:
-                _record(tmp_path, f"f{i}_{j}", f"{i:032x}{j:032x}", f"http://x/{i}/{j}")
-            except Exception as err:
-                errors.append(repr(err))
+        try:
+            work(i)
+        except Exception as err:
+            errors.append(repr(err))
 
     threads = [threading.Thread(target=rank, args=(i,)) for i in range(n_threads)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return errors
+
+
+def test_concurrent_ranks_record_every_hash(tmp_path):
+    n_threads, n_files = 8, 25
+
+    def rank(i):
+        for j in range(n_files):
+            _record(tmp_path, f"f{i}_{j}", f"{i:032x}{j:032x}", f"http://x/{i}/{j}")
+
+    errors = _run_at_once(rank, n_threads)
     assert not errors, errors[:3]
     recorded = json.loads((tmp_path / RECORDED_HASHES).read_text())
     assert len(recorded) == n_threads * n_files
@@ -201,21 +211,9 @@ def test_concurrent_downloads_of_one_model_record_every_file(server, isolated_ca
         server.files[f"m/f{i}.bin"] = bytes([i]) * 1000
         files = {f"f{i}.bin": {"url": f"{server.url}/m/f{i}.bin", "sha256": None}}
         registries.append({"models": {"m": {"files": files}}})
-    barrier = threading.Barrier(n)
-    errors = []
-
-    def rank(i):
-        barrier.wait()
-        try:
-            fetch_pretrained("m", registry=registries[i], progress_bar=False)
-        except Exception as err:
-            errors.append(repr(err))
-
-    threads = [threading.Thread(target=rank, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = _run_at_once(
+        lambda i: fetch_pretrained("m", registry=registries[i], progress_bar=False), n
+    )
     assert not errors, errors[:3]
     recorded = json.loads((isolated_cache / "m" / RECORDED_HASHES).read_text())
     assert set(recorded) == {f"f{i}.bin" for i in range(n)}

@@ -9,25 +9,15 @@ import pytest
 from scvi_scgpt import SCGPT
 from scvi_scgpt.data import AnnDataFileSource, AtlasStore
 from tests._builders import (
-    make_counts,
+    ATLAS_RUN,
+    ATLAS_TINY,
     make_structured_counts,
     write_annbatch_collection,
     write_soma,
 )
 
-TINY = {"d_model": 16, "n_heads": 2, "d_hid": 16, "n_layers": 1, "max_seq_len": 32}
-RUN = {"block_size": 16, "progress_bar": False}
-
-
-@pytest.fixture
-def cells():
-    return make_counts(90, n_batches=2)
-
-
-@pytest.fixture
-def model(cells):
-    SCGPT.setup_anndata(cells)
-    return SCGPT(cells, **TINY)
+TINY = ATLAS_TINY
+RUN = ATLAS_RUN
 
 
 def _reference(model, adata):

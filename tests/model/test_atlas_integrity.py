@@ -12,21 +12,10 @@ import scipy.sparse as sp
 from scvi_scgpt import SCGPT
 from scvi_scgpt.data import AnnDataFileSource, AtlasStore
 from scvi_scgpt.data._atlas_store import BLOCKS_DIR
-from tests._builders import make_counts
+from tests._builders import ATLAS_RUN, ATLAS_TINY
 
-TINY = {"d_model": 16, "n_heads": 2, "d_hid": 16, "n_layers": 1, "max_seq_len": 32}
-RUN = {"block_size": 16, "progress_bar": False}
-
-
-@pytest.fixture
-def cells():
-    return make_counts(90, n_batches=2)
-
-
-@pytest.fixture
-def model(cells):
-    SCGPT.setup_anndata(cells)
-    return SCGPT(cells, **TINY)
+TINY = ATLAS_TINY
+RUN = ATLAS_RUN
 
 
 @pytest.fixture

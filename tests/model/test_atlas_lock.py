@@ -15,10 +15,10 @@ import pytest
 
 from scvi_scgpt import SCGPT
 from scvi_scgpt.data import AnnDataFileSource
-from tests._builders import make_counts
+from tests._builders import ATLAS_RUN, ATLAS_TINY, make_counts
 
-TINY = {"d_model": 16, "n_heads": 2, "d_hid": 16, "n_layers": 1, "max_seq_len": 32}
-RUN = {"block_size": 16, "progress_bar": False}
+TINY = ATLAS_TINY
+RUN = ATLAS_RUN
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 #: The ``scvi-scgpt embed`` command started by two jobs at the same moment: each waits

@@ -7,11 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scvi_scgpt import SCGPT
-from tests._builders import make_counts
+from tests._builders import ATLAS_RUN, ATLAS_TINY, make_counts
 
-TINY = {"d_model": 16, "n_heads": 2, "d_hid": 16, "n_layers": 1, "max_seq_len": 32}
-RUN = {"block_size": 16, "progress_bar": False}
+TINY = ATLAS_TINY
+RUN = ATLAS_RUN
 
 
 @pytest.fixture
@@ -27,12 +26,6 @@ def cells():
     cells.obs["depth"] = np.arange(n, dtype=np.int64) * 7
     cells.obs["score"] = np.linspace(0, 1, n)
     return cells
-
-
-@pytest.fixture
-def model(cells):
-    SCGPT.setup_anndata(cells)
-    return SCGPT(cells, **TINY)
 
 
 COLUMNS = ["count", "flag", "depth", "score", "cell_type"]

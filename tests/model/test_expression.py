@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 from scvi_scgpt import SCGPT
 from tests._builders import make_structured_counts
 
+QUIET = {"enable_progress_bar": False, "enable_checkpointing": False}
 TINY = {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_hid": 32, "attention_dropout": 0.0}
 N_TYPES, N_GENES = 3, 60
 
@@ -28,8 +29,7 @@ def counts_model():
         objectives={"count": True, "gep": False, "gepc": False},
         max_epochs=25,
         lr=3e-3,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
+        **QUIET,
     )
     return model, adata
 
@@ -162,8 +162,7 @@ def test_count_objective_with_generative_pretraining():
         "pretrain",
         objectives={"count": True},
         max_epochs=2,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
+        **QUIET,
     )
     assert np.isfinite(model.history_["count_train"].iloc[:, 0].to_numpy(dtype=float)).all()
     assert model.get_normalized_expression(adata, return_numpy=True).shape == (80, 30)
@@ -179,8 +178,7 @@ def test_from_scratch_default_falls_back_without_raw_counts():
             "integration",
             max_epochs=1,
             n_top_genes=None,
-            enable_progress_bar=False,
-            enable_checkpointing=False,
+            **QUIET,
         )
     assert not model.architecture.count_decoder
     used = model.training_task_["objectives"]
@@ -196,8 +194,7 @@ def test_from_scratch_presets_train_the_count_objective():
         "integration",
         max_epochs=1,
         n_top_genes=None,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
+        **QUIET,
     )
     used = model.training_task_["objectives"]
     assert used["count"] and not used["gep"] and not used["gepc"]
@@ -214,8 +211,7 @@ def test_zero_inflated_decoder_with_dispersion_per_batch():
         "gep",
         objectives={"count": True, "gep": False, "gepc": False},
         max_epochs=2,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
+        **QUIET,
     )
     assert model.module.count_decoder.log_theta.shape == (2, 30)
     params = model.get_likelihood_parameters(adata)
