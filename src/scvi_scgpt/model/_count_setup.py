@@ -23,15 +23,10 @@ NO_COUNT_DECODER = (
 )
 
 
-def is_integer_matrix(matrix) -> bool:
-    """Whether every stored value of ``matrix`` is an integer."""
-    values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
-    return not values.size or np.array_equal(values, np.round(values))
-
-
 def check_raw_counts(matrix, where: str) -> None:
     """Raise unless ``matrix`` holds integer counts (every stored value checked)."""
-    if not is_integer_matrix(matrix):
+    values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
+    if values.size and not np.array_equal(values, np.round(values)):
         raise ValueError(
             f"The count decoder models raw counts, but {where} is not integer (normalised or "
             "log-transformed?). Register the raw counts: SCGPT.setup_anndata(adata, "
@@ -70,19 +65,24 @@ class CountSetupMixin:
         for it and it cannot run (streamed files, or registered values that are not raw
         counts), training falls back to the task's official objectives, with a warning.
         """
+        if not objectives.count:
+            return objectives
         asked = given is not None and (
             (isinstance(given, dict) and given.get("count")) or getattr(given, "count", False)
         )
-        if not objectives.count or asked:
-            return objectives
         why = None
-        if datamodule is not None:
+        if datamodule is not None and not asked:
             why = "training streams files (the count objective reads an in-memory AnnData)"
-        elif not is_integer_matrix(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)):
-            why = (
-                "the registered expression is not raw counts (register them with "
-                "setup_anndata(adata, layer='counts'))"
-            )
+        else:
+            try:  # the one pass over the values: the decoder is built after this
+                self._check_registered_counts()
+            except ValueError:
+                if asked:
+                    raise
+                why = (
+                    "the registered expression is not raw counts (register them with "
+                    "setup_anndata(adata, layer='counts'))"
+                )
         if why is None:
             return objectives
         official = PRESETS[task].objectives
@@ -99,6 +99,13 @@ class CountSetupMixin:
         )
         return dataclasses.replace(official, **fields)
 
+    def _check_registered_counts(self) -> None:
+        """Raise unless the registered expression of the model's AnnData is raw counts."""
+        manager = self.adata_manager
+        layer = manager.registry["setup_args"].get("layer")
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        check_raw_counts(manager.get_from_registry(REGISTRY_KEYS.X_KEY), where)
+
     def _configure_for(self, objectives, preset, n_top_genes, tokenizer_changes=None) -> None:
         if objectives.count:
             if preset.collator not in COUNT_COLLATORS:
@@ -110,11 +117,11 @@ class CountSetupMixin:
         super()._configure_for(objectives, preset, n_top_genes, tokenizer_changes)
 
     def _build_count_decoder(self) -> None:
-        """Add a count decoder over every vocabulary gene of the model's AnnData (once)."""
+        """Add a count decoder over every vocabulary gene of the model's AnnData (once).
+
+        The values were checked to be counts by :meth:`_count_default`.
+        """
         manager = self.adata_manager
-        layer = manager.registry["setup_args"].get("layer")
-        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        check_raw_counts(manager.get_from_registry(REGISTRY_KEYS.X_KEY), where)
         if self.architecture.count_decoder:
             self._count_columns(self.adata, require_all=True)
             return
